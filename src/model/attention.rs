@@ -1,0 +1,101 @@
+//! Causal multi-head self-attention, split into the steps the checkpoints tap:
+//! 02 q/k/v per head, 03 the cache append, 04 scaled and masked scores and their softmax,
+//! 05 the output projection.
+
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
+
+use super::conv1d::Conv1D;
+use super::kv_cache::LayerCache;
+use super::softmax::{MASKED, softmax_last_axis};
+use crate::catalog::{Checkpoint, TensorKey};
+use crate::error::Result;
+use crate::taps::TapSink;
+
+pub struct Attention {
+    /// [C, 3C]: q, k and v side by side
+    pub c_attn: Conv1D,
+    /// [C, C]
+    pub c_proj: Conv1D,
+    pub n_head: usize,
+    /// 1 / sqrt(D), or as the config says
+    pub scale: f32,
+}
+
+/// Checkpoint 02: queries, keys and values, one contiguous [H, T, D] block each.
+pub struct Qkv {
+    pub q: Array3<f32>,
+    pub k: Array3<f32>,
+    pub v: Array3<f32>,
+}
+
+/// Checkpoint 04: scores [H, T, S] before softmax (masked entries hold [`MASKED`]) and weights after.
+pub struct AttnScores {
+    pub scores: Array3<f32>,
+    pub weights: Array3<f32>,
+}
+
+impl Attention {
+    /// x [T, C] (ln_1 output) -> q, k, v [H, T, D]
+    pub fn qkv(&self, x: ArrayView2<f32>) -> Qkv {
+        let (t, c) = x.dim();
+        let h = self.n_head;
+        let d = c / h;
+        let qkv = self.c_attn.forward(x); // [T, 3C]
+        // Part `part` of [T, 3C] is a [T, C] block whose column head*D + j is head `head`'s j-th
+        // feature: gather it as a contiguous [H, T, D].
+        let split = |part: usize| -> Array3<f32> {
+            let block = qkv.slice(s![.., part * c..(part + 1) * c]); // [T, C]
+            Array3::from_shape_fn((h, t, d), |(head, pos, j)| block[[pos, head * d + j]]) // [H, T, D]
+        };
+        Qkv { q: split(0), k: split(1), v: split(2) }
+    }
+
+    /// q [H, T, D] and the keys of all S positions k [H, S, D] -> scaled, causally masked scores and
+    /// their softmax, both [H, T, S]. Query i sits at absolute position S - T + i and sees keys 0..=it.
+    pub fn scores(&self, q: ArrayView3<f32>, k: ArrayView3<f32>) -> AttnScores {
+        let (h, t, _) = q.dim();
+        let s_len = k.shape()[1];
+        let past = s_len - t;
+        let mut scores = Array3::<f32>::zeros((h, t, s_len)); // [H, T, S]
+        for head in 0..h {
+            let mut sc = q.index_axis(Axis(0), head).dot(&k.index_axis(Axis(0), head).t()); // [T, S]
+            sc *= self.scale;
+            for (i, mut row) in sc.rows_mut().into_iter().enumerate() {
+                row.slice_mut(s![past + i + 1..]).fill(MASKED); // the future is masked
+            }
+            scores.index_axis_mut(Axis(0), head).assign(&sc);
+        }
+        let mut weights = scores.clone(); // [H, T, S]
+        softmax_last_axis(&mut weights);
+        AttnScores { scores, weights }
+    }
+
+    /// weights [H, T, S] and values v [H, S, D] -> heads merged [T, C] -> c_proj -> [T, C]
+    pub fn output(&self, weights: ArrayView3<f32>, v: ArrayView3<f32>) -> Array2<f32> {
+        let (h, t, _) = weights.dim();
+        let d = v.shape()[2];
+        let mut merged = Array2::<f32>::zeros((t, h * d)); // [T, C]
+        for head in 0..h {
+            let ctx = weights.index_axis(Axis(0), head).dot(&v.index_axis(Axis(0), head)); // [T, D]
+            merged.slice_mut(s![.., head * d..(head + 1) * d]).assign(&ctx);
+        }
+        self.c_proj.forward(merged.view()) // [T, C]
+    }
+
+    /// x [T, C] (ln_1 output) -> attention output [T, C], before the residual add. Appends this
+    /// step's keys and values to `cache` and attends over everything cached.
+    pub fn forward(&self, layer: usize, x: ArrayView2<f32>, cache: &mut LayerCache, sink: &mut dyn TapSink) -> Result<Array2<f32>> {
+        let tap = |name| TensorKey::new(Checkpoint::Qkv, Some(layer), None, name);
+        let Qkv { q, k, v } = self.qkv(x); // [H, T, D] each
+        sink.tap(tap("q"), q.view().into_dyn());
+        sink.tap(tap("k"), k.view().into_dyn());
+        sink.tap(tap("v"), v.view().into_dyn());
+        cache.append(k.view(), v.view())?;
+        let AttnScores { scores, weights } = self.scores(q.view(), cache.keys()); // [H, T, S]
+        sink.tap(TensorKey::new(Checkpoint::AttnScores, Some(layer), None, "scores"), scores.view().into_dyn());
+        sink.tap(TensorKey::new(Checkpoint::AttnScores, Some(layer), None, "weights"), weights.view().into_dyn());
+        let out = self.output(weights.view(), cache.values()); // [T, C]
+        sink.tap(TensorKey::new(Checkpoint::AttnOutput, Some(layer), None, "attn_output"), out.view().into_dyn());
+        Ok(out)
+    }
+}

@@ -1,0 +1,35 @@
+//! Taps: how a forward pass hands each checkpoint's tensor to whoever is watching.
+//!
+//! The model calls [`TapSink::tap`] with a view of the tensor it already holds; a sink that keeps it
+//! copies it ([`TapRecorder`]), and [`NoTaps`] ignores it, so an untapped forward pass copies
+//! nothing. Tensors are single-sequence (the batch axis of the goldens is left out).
+
+use std::collections::BTreeMap;
+
+use ndarray::{ArrayD, ArrayViewD};
+
+use crate::catalog::TensorKey;
+
+/// Receives the tensor of each checkpoint as a forward pass reaches it.
+pub trait TapSink {
+    fn tap(&mut self, key: TensorKey, tensor: ArrayViewD<'_, f32>);
+}
+
+/// A sink that records nothing.
+pub struct NoTaps;
+
+impl TapSink for NoTaps {
+    fn tap(&mut self, _key: TensorKey, _tensor: ArrayViewD<'_, f32>) {}
+}
+
+/// A sink that keeps a copy of every tap, by key; a later tap of the same key replaces it.
+#[derive(Default)]
+pub struct TapRecorder {
+    pub tensors: BTreeMap<TensorKey, ArrayD<f32>>,
+}
+
+impl TapSink for TapRecorder {
+    fn tap(&mut self, key: TensorKey, tensor: ArrayViewD<'_, f32>) {
+        self.tensors.insert(key, tensor.to_owned());
+    }
+}

@@ -1,0 +1,90 @@
+//! `cargo xtask extract-goldens --check`: re-extracts what is committed and compares, file by file.
+//!
+//! Each committed set is extracted again from the model and prompt its manifest names, into a
+//! staging directory under target/, and every tensor is compared with the committed one within the
+//! checkpoint's tolerance (token ids exactly). The provenance (prompt ids, HF's generation, config)
+//! must agree exactly. Any drift is reported per file and the command exits non-zero.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use gpt2_checkpoints::catalog::DType;
+use gpt2_checkpoints::compare::compare;
+use gpt2_checkpoints::goldens::{GoldenSet, MANIFEST};
+use gpt2_checkpoints::tolerances::{Mode, Tolerances};
+
+use crate::extract::SetPlan;
+
+pub fn check(staging: &Path, plans: &[SetPlan], root: &Path, tolerances: &Tolerances) -> Result<()> {
+    let mut drift: Vec<String> = Vec::new();
+    let mut files = 0;
+    for plan in plans {
+        let committed_dir = root.join(plan.relative_dir());
+        let fresh = GoldenSet::open(&staging.join(plan.relative_dir()))?;
+        let committed = match GoldenSet::open(&committed_dir) {
+            Ok(set) => set,
+            Err(e) => {
+                drift.push(e.to_string());
+                continue;
+            }
+        };
+        drift.extend(provenance_drift(&fresh, &committed));
+        for entry in &committed.manifest.tensors {
+            let Some(key) = entry.key() else { continue }; // GoldenSet::open checked every entry
+            let path = committed_dir.join(&entry.file);
+            files += 1;
+            let problem = match key.spec().dtype {
+                DType::F32 => {
+                    let (ours, golden) = (fresh.f32(key)?, committed.f32(key)?);
+                    let c = compare(&key.stem(), ours.view(), golden.view(), tolerances.for_tensor(key, Mode::Chained))?;
+                    (!c.passed()).then(|| c.report())
+                }
+                DType::I64 => {
+                    let (ours, golden) = (fresh.i64(key)?, committed.i64(key)?);
+                    (ours != golden).then(|| format!("token ids differ: re-extracted {:?}, committed {:?}", ours.as_slice(), golden.as_slice()))
+                }
+            };
+            if let Some(problem) = problem {
+                drift.push(format!("{}: {problem}", path.display()));
+            }
+        }
+        drift.extend(stray_files(&committed));
+    }
+    if drift.is_empty() {
+        eprintln!("extract-goldens --check: {files} files in {} golden sets match a fresh extraction", plans.len());
+        return Ok(());
+    }
+    for line in &drift {
+        eprintln!("DRIFT {line}");
+    }
+    bail!("{} goldens differ from a fresh extraction: re-run `cargo xtask extract-goldens` and review the diff", drift.len())
+}
+
+fn provenance_drift(fresh: &GoldenSet, committed: &GoldenSet) -> Vec<String> {
+    let (f, c) = (&fresh.manifest, &committed.manifest);
+    let path = committed.dir.join(MANIFEST);
+    let mut drift = Vec::new();
+    let mut differs = |what: &str, same: bool, detail: String| {
+        if !same {
+            drift.push(format!("{}: {what} differs: {detail}", path.display()));
+        }
+    };
+    differs("prompt", f.prompt == c.prompt, format!("re-extracted {:?}, committed {:?}", f.prompt, c.prompt));
+    differs("generation", f.generation == c.generation, format!("re-extracted {:?}, committed {:?}", f.generation, c.generation));
+    differs("model", f.model == c.model, format!("re-extracted {:?}, committed {:?}", f.model, c.model));
+    if f.environment != c.environment {
+        eprintln!("note: {} was extracted with {:?}, this run uses {:?}", path.display(), c.environment, f.environment);
+    }
+    drift
+}
+
+/// Files in a set's directory that its manifest does not list.
+fn stray_files(set: &GoldenSet) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(&set.dir) else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != MANIFEST && !set.manifest.tensors.iter().any(|t| &t.file == name))
+        .map(|name| format!("{}: not listed in the manifest", set.dir.join(name).display()))
+        .collect()
+}

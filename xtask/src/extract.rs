@@ -1,0 +1,221 @@
+//! `cargo xtask extract-goldens`: runs HF GPT-2 through reference/gpt2_taps.py and writes one golden
+//! set per (model, prompt): the .npy files the checkpoint catalog names, and manifest.yaml.
+//!
+//! Every tap is matched against the catalog (name, scope, shape, dtype); a tap the catalog does not
+//! know, or a catalog tensor no tap produced, is an error. Everything is written into a staging
+//! directory beside the goldens and only renamed into place once every set succeeded, so an
+//! interrupted or failed run leaves the old goldens as they were.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use gpt2_checkpoints::catalog::{Checkpoint, DType, TensorKey};
+use gpt2_checkpoints::config::Config;
+use gpt2_checkpoints::goldens::{
+    Environment, FORMAT_VERSION, GenerationInfo, MANIFEST, Manifest, ModelInfo, PromptInfo, TensorEntry,
+};
+use ndarray::ArrayD;
+use ndarray_npy::WriteNpyExt;
+use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyModule};
+
+use crate::python::{Venv, path_str, python_error};
+
+/// What HF generates beyond the prompt's forward pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Generation {
+    pub new_tokens: usize,
+    pub decode_steps: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Generation { new_tokens: 16, decode_steps: 3, temperature: 0.7, top_k: 50 }
+    }
+}
+
+/// One golden set to extract.
+#[derive(Clone, Debug)]
+pub struct SetPlan {
+    /// from_pretrained's argument: a directory relative to the repository, an absolute one, or a hub id.
+    pub source: String,
+    /// The directory name under the goldens root.
+    pub model_name: String,
+    pub prompt: String,
+    pub generation: Generation,
+}
+
+impl SetPlan {
+    pub fn slug(&self) -> String {
+        prompt_slug(&self.prompt)
+    }
+
+    /// `<model>/<slug>` relative to the goldens root.
+    pub fn relative_dir(&self) -> PathBuf {
+        Path::new(&self.model_name).join(self.slug())
+    }
+}
+
+/// The directory name for a prompt: its first words, lower-case ASCII, joined by '-'.
+pub fn prompt_slug(prompt: &str) -> String {
+    let words: Vec<String> = prompt
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(6)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if words.is_empty() { "prompt".to_string() } else { words.join("-") }
+}
+
+/// The name a model's goldens go under: the last component of its directory or hub id.
+pub fn model_name(source: &str) -> String {
+    source.trim_end_matches('/').rsplit('/').next().unwrap_or(source).to_string()
+}
+
+/// Extracts every planned set into a staging directory under `staging_parent` and returns it.
+/// Nothing outside the staging directory is touched.
+pub fn extract_all(venv: &Venv, plans: &[SetPlan], staging_parent: &Path) -> Result<tempfile::TempDir> {
+    let unwritable = |e: std::io::Error| anyhow!("cannot write goldens under {} ({e}): choose a writable --out", staging_parent.display());
+    std::fs::create_dir_all(staging_parent).map_err(unwritable)?;
+    let staging = tempfile::Builder::new().prefix(".staging-").tempdir_in(staging_parent).map_err(unwritable)?;
+    venv.with_reference(|py, reference| {
+        let mut loaded: BTreeMap<&str, (Bound<'_, PyAny>, Bound<'_, PyAny>)> = BTreeMap::new();
+        for plan in plans {
+            if !loaded.contains_key(plan.source.as_str()) {
+                eprintln!("loading {}", plan.source);
+                let pair = reference
+                    .call_method1("load", (resolve_source(&plan.source),))
+                    .and_then(|r| r.extract())
+                    .map_err(|e| python_error(py, e))?;
+                loaded.insert(&plan.source, pair);
+            }
+            let (model, tokenizer) = &loaded[plan.source.as_str()];
+            eprintln!("extracting {} for {:?}", plan.relative_dir().display(), plan.prompt);
+            extract_set(py, reference, model, tokenizer, plan, &staging.path().join(plan.relative_dir()))?;
+        }
+        Ok(())
+    })?;
+    Ok(staging)
+}
+
+/// A relative directory is relative to the repository, whatever the current directory.
+fn resolve_source(source: &str) -> String {
+    let path = crate::project_root().join(source);
+    if !Path::new(source).is_absolute() && path.is_dir() { path_str(&path) } else { source.to_string() }
+}
+
+fn extract_set(py: Python<'_>, reference: &Bound<'_, PyModule>, model: &Bound<'_, PyAny>, tokenizer: &Bound<'_, PyAny>, plan: &SetPlan, dir: &Path) -> Result<()> {
+    let g = plan.generation;
+    let result = reference
+        .call_method1("extract", (model, tokenizer, plan.prompt.as_str(), g.new_tokens, g.decode_steps, g.temperature, g.top_k))
+        .map_err(|e| python_error(py, e))?;
+    let result = result.cast::<PyDict>().map_err(|e| anyhow!("gpt2_taps.extract returned {e}, not a dict"))?;
+    let item = |key: &str| -> Result<Bound<'_, PyAny>> {
+        result.get_item(key).map_err(|e| python_error(py, e))?.ok_or_else(|| anyhow!("gpt2_taps.extract returned no {key:?}"))
+    };
+    let config_json: String = item("config_json")?.extract()?;
+    let config: Config = serde_json::from_str(&config_json).context("HF's config is not a GPT-2 config")?;
+    config.validate().map_err(|m| anyhow!("{}: {m}", plan.source))?;
+    let env = reference.call_method0("environment").map_err(|e| python_error(py, e))?;
+    let env_item = |k: &str| -> Result<String> { Ok(env.get_item(k)?.extract()?) };
+    let mut manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        model: ModelInfo { name: plan.model_name.clone(), source: plan.source.clone(), config },
+        prompt: PromptInfo { text: plan.prompt.clone(), slug: plan.slug(), ids: item("prompt_ids")?.extract()? },
+        generation: GenerationInfo {
+            new_tokens: g.new_tokens,
+            decode_steps: g.decode_steps,
+            temperature: g.temperature,
+            top_k: g.top_k,
+            new_ids: item("new_ids")?.extract()?,
+            text: item("generated_text")?.extract()?,
+        },
+        environment: Environment {
+            python: env_item("python")?,
+            torch: env_item("torch")?,
+            transformers: env_item("transformers")?,
+            numpy: env_item("numpy")?,
+        },
+        tensors: Vec::new(),
+    };
+
+    let expected: BTreeMap<TensorKey, Vec<usize>> = manifest.dims().all_tensors().into_iter().collect();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut written: BTreeMap<TensorKey, TensorEntry> = BTreeMap::new();
+    for tap in item("taps")?.try_iter()? {
+        let tap = tap?;
+        let (checkpoint, layer, step, name, array): (u8, Option<usize>, Option<usize>, String, Bound<'_, PyAny>) = tap.extract()?;
+        let key = Checkpoint::from_id(checkpoint)
+            .and_then(|c| TensorKey::find(c, layer, step, &name))
+            .ok_or_else(|| anyhow!("reference/gpt2_taps.py produced tap ({checkpoint}, layer {layer:?}, step {step:?}, {name:?}), which the checkpoint catalog (src/catalog.rs) does not have"))?;
+        let shape = expected.get(&key).ok_or_else(|| anyhow!("{key}: not expected for this model"))?;
+        let path = dir.join(key.file_name());
+        let spec = key.spec();
+        let actual_shape = match spec.dtype {
+            DType::F32 => write_array::<f32>(&array, &path)?,
+            DType::I64 => write_array::<i64>(&array, &path)?,
+        };
+        if &actual_shape != shape {
+            bail!("{key}: HF produced shape {actual_shape:?}, the catalog expects {shape:?}");
+        }
+        let entry = TensorEntry { checkpoint, layer, step, name: spec.name.to_string(), shape: actual_shape, dtype: spec.dtype, file: key.file_name() };
+        if written.insert(key, entry).is_some() {
+            bail!("{key}: tapped twice; the reference's hooks fired more often than once per forward pass");
+        }
+    }
+    if let Some(missing) = expected.keys().find(|k| !written.contains_key(k)) {
+        bail!("{missing}: the catalog expects it but reference/gpt2_taps.py produced no such tap");
+    }
+    manifest.tensors = written.into_values().collect();
+    let yaml = serde_yaml::to_string(&manifest)?;
+    std::fs::write(dir.join(MANIFEST), yaml).with_context(|| format!("cannot write {}", dir.join(MANIFEST).display()))?;
+    Ok(())
+}
+
+/// Writes a numpy array of element type T as .npy and returns its shape.
+fn write_array<T: numpy::Element + ndarray_npy::WritableElement + Clone>(array: &Bound<'_, PyAny>, path: &Path) -> Result<Vec<usize>> {
+    let array: PyReadonlyArrayDyn<'_, T> =
+        array.extract().map_err(|e| anyhow!("{}: expected a numpy array of {}: {e}", path.display(), std::any::type_name::<T>()))?;
+    let shape = array.shape().to_vec();
+    let owned: ArrayD<T> = array.as_array().to_owned();
+    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    owned.write_npy(std::io::BufWriter::new(file)).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(shape)
+}
+
+/// Moves every set of `staging` to the same place under `root`, replacing what was there.
+pub fn install(staging: &Path, plans: &[SetPlan], root: &Path) -> Result<()> {
+    for plan in plans {
+        let from = staging.join(plan.relative_dir());
+        let to = root.join(plan.relative_dir());
+        let parent = to.parent().unwrap_or(root);
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        if to.exists() {
+            let old = staging.join(".replaced").join(plan.relative_dir());
+            std::fs::create_dir_all(old.parent().unwrap_or(staging))?;
+            std::fs::rename(&to, &old).with_context(|| format!("cannot move the old {} aside", to.display()))?;
+        }
+        std::fs::rename(&from, &to).with_context(|| format!("cannot move {} into place", to.display()))?;
+        eprintln!("wrote {}", to.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_and_model_names_read_well() {
+        assert_eq!(prompt_slug("Hello."), "hello");
+        assert_eq!(prompt_slug("The capital of France is"), "the-capital-of-france-is");
+        assert_eq!(prompt_slug("¿Qué?"), "qu");
+        assert_eq!(prompt_slug("..."), "prompt");
+        assert_eq!(model_name("fixtures/models/tiny-gpt2"), "tiny-gpt2");
+        assert_eq!(model_name("openai-community/gpt2"), "gpt2");
+    }
+}

@@ -1,0 +1,134 @@
+//! The Python side: finds (or creates) the virtualenv with torch and transformers, embeds the
+//! interpreter through pyo3 and imports reference/gpt2_taps.py.
+//!
+//! The environment is `$VIRTUAL_ENV`, else `./.venv`. When it lacks the packages, it is created with
+//! the interpreter the xtask was built against and `reference/requirements.txt` is installed into
+//! it, with pip's own progress on the terminal: one command does the whole job on a fresh machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use pyo3::prelude::*;
+use pyo3::types::PyModule;
+
+use crate::project_root;
+
+/// The interpreter the xtask was built against (and whose libpython it embeds).
+fn base_python() -> &'static str {
+    option_env!("XTASK_PYTHON").unwrap_or("python3")
+}
+
+pub struct Venv {
+    pub dir: PathBuf,
+}
+
+impl Venv {
+    /// `$VIRTUAL_ENV`, else `<repo>/.venv`, with the reference requirements installed.
+    pub fn ensure() -> Result<Venv> {
+        let dir = match std::env::var_os("VIRTUAL_ENV") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => project_root().join(".venv"),
+        };
+        let venv = Venv { dir };
+        if !venv.has_packages() {
+            venv.install()?;
+        }
+        Ok(venv)
+    }
+
+    fn python(&self) -> PathBuf {
+        self.dir.join("bin").join("python")
+    }
+
+    fn has_packages(&self) -> bool {
+        Command::new(self.python())
+            .args(["-c", "import torch, transformers, safetensors, numpy, yaml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn install(&self) -> Result<()> {
+        let requirements = project_root().join("reference").join("requirements.txt");
+        if !self.python().exists() {
+            eprintln!("creating the Python environment {} with {}", self.dir.display(), base_python());
+            let status = Command::new(base_python())
+                .args(["-m", "venv"])
+                .arg(&self.dir)
+                .status()
+                .with_context(|| format!("cannot run {} to create {}: install Python 3 with venv", base_python(), self.dir.display()))?;
+            if !status.success() {
+                bail!("`{} -m venv {}` failed ({status}): install python3-venv or set VIRTUAL_ENV to an existing environment", base_python(), self.dir.display());
+            }
+        }
+        eprintln!("installing {} into {} (torch is large: a few minutes)", requirements.display(), self.dir.display());
+        let status = Command::new(self.python())
+            .args(["-m", "pip", "install", "--progress-bar", "on", "-r"])
+            .arg(&requirements)
+            .status()
+            .with_context(|| format!("cannot run pip in {}", self.dir.display()))?;
+        if !status.success() {
+            bail!(
+                "pip could not install {} into {} ({status}): is PyPI reachable? Offline, set VIRTUAL_ENV to an environment that has torch and transformers",
+                requirements.display(),
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the embedded interpreter, the venv's packages and `gpt2_taps` imported.
+    pub fn with_reference<R>(&self, f: impl for<'py> FnOnce(Python<'py>, &Bound<'py, PyModule>) -> Result<R>) -> Result<R> {
+        Python::attach(|py| {
+            let module = self.import_reference(py).map_err(|e| python_error(py, e))?;
+            f(py, &module)
+        })
+    }
+
+    fn import_reference<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyModule>> {
+        let sys = py.import("sys")?;
+        let (major, minor): (u32, u32) = (sys.getattr("version_info")?.getattr("major")?.extract()?, sys.getattr("version_info")?.getattr("minor")?.extract()?);
+        let site_packages = self.dir.join("lib").join(format!("python{major}.{minor}")).join("site-packages");
+        if !site_packages.is_dir() {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "{} has no {}: the venv was made for another Python than the embedded {major}.{minor}; delete it (or point VIRTUAL_ENV elsewhere) and run again",
+                self.dir.display(),
+                site_packages.display()
+            )));
+        }
+        py.import("site")?.call_method1("addsitedir", (site_packages.to_string_lossy().to_string(),))?;
+        let reference_dir = project_root().join("reference");
+        sys.getattr("path")?.call_method1("insert", (0, reference_dir.to_string_lossy().to_string()))?;
+        let module = py.import("gpt2_taps")?;
+        let env = module.call_method0("environment")?;
+        let get = |k: &str| -> PyResult<String> { env.get_item(k)?.extract() };
+        eprintln!(
+            "python {} ({}), torch {}, transformers {}, numpy {}",
+            get("python")?,
+            self.python().display(),
+            get("torch")?,
+            get("transformers")?,
+            get("numpy")?
+        );
+        Ok(module)
+    }
+}
+
+/// One line for a Python exception: the message alone for the reference's own input errors
+/// (GoldenInputError), `Type: message` for anything else (whose traceback goes to stderr).
+pub fn python_error(py: Python<'_>, err: PyErr) -> anyhow::Error {
+    let type_name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
+    let message = err.value(py).to_string();
+    if type_name == "GoldenInputError" {
+        return anyhow::anyhow!(message);
+    }
+    err.print(py);
+    anyhow::anyhow!("{type_name}: {message}")
+}
+
+/// `Path` as the `str` Python wants.
+pub fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
