@@ -100,10 +100,7 @@ use Dim::*;
 use Role::{Evidence, Input, Output};
 use Scope::{Layer, Model};
 
-const EMBEDDINGS: &[TensorSpec] = &[
-    spec("input_ids", Model, Input, I64, &[B, T]),
-    spec("embeddings", Model, Output, F32, &[B, T, C]),
-];
+const EMBEDDINGS: &[TensorSpec] = &[spec("input_ids", Model, Input, I64, &[B, T]), spec("embeddings", Model, Output, F32, &[B, T, C])];
 const LAYER_NORM: &[TensorSpec] = &[
     spec("ln_1.input", Layer, Input, F32, &[B, T, C]),
     spec("ln_1", Layer, Output, F32, &[B, T, C]),
@@ -123,19 +120,10 @@ const KV_CACHE: &[TensorSpec] = &[
     spec("decode_ids", Model, Input, I64, &[DecodeSteps]),
     spec("decode_logits", Model, Output, F32, &[DecodeSteps, V]),
 ];
-const ATTN_SCORES: &[TensorSpec] = &[
-    spec("scores", Layer, Output, F32, &[B, H, T, T]),
-    spec("weights", Layer, Output, F32, &[B, H, T, T]),
-];
+const ATTN_SCORES: &[TensorSpec] = &[spec("scores", Layer, Output, F32, &[B, H, T, T]), spec("weights", Layer, Output, F32, &[B, H, T, T])];
 const ATTN_OUTPUT: &[TensorSpec] = &[spec("attn_output", Layer, Output, F32, &[B, T, C])];
-const FFN: &[TensorSpec] = &[
-    spec("gelu", Layer, Output, F32, &[B, T, Inner]),
-    spec("mlp_output", Layer, Output, F32, &[B, T, C]),
-];
-const BLOCK: &[TensorSpec] = &[
-    spec("input", Layer, Input, F32, &[B, T, C]),
-    spec("output", Layer, Output, F32, &[B, T, C]),
-];
+const FFN: &[TensorSpec] = &[spec("gelu", Layer, Output, F32, &[B, T, Inner]), spec("mlp_output", Layer, Output, F32, &[B, T, C])];
+const BLOCK: &[TensorSpec] = &[spec("input", Layer, Input, F32, &[B, T, C]), spec("output", Layer, Output, F32, &[B, T, C])];
 const LOGITS: &[TensorSpec] = &[spec("logits", Model, Output, F32, &[B, T, V])];
 const SELECTED_LOGITS: &[TensorSpec] = &[spec("last_logits", Model, Output, F32, &[B, V])];
 const ARGMAX: &[TensorSpec] = &[spec("next_token", Model, Output, I64, &[B])];
@@ -144,10 +132,8 @@ const SOFTMAX: &[TensorSpec] = &[
     spec("probs_warped", Model, Output, F32, &[B, V]),
     spec("top_ids", Model, Output, I64, &[B, TopK]),
 ];
-const GENERATION: &[TensorSpec] = &[
-    spec("new_ids", Model, Output, I64, &[NewTokens]),
-    spec("top2_logits", Model, Evidence, F32, &[NewTokens, Two]),
-];
+const GENERATION: &[TensorSpec] =
+    &[spec("new_ids", Model, Output, I64, &[NewTokens]), spec("top2_logits", Model, Evidence, F32, &[NewTokens, Two])];
 
 impl Checkpoint {
     pub const ALL: [Checkpoint; 13] = [
@@ -328,8 +314,7 @@ impl Dims {
                     Scope::Model => vec![None],
                     Scope::Layer => (0..self.n_layer).map(Some).collect(),
                 };
-                let steps: Vec<Option<usize>> =
-                    if spec.per_step { (0..=self.decode_steps).map(Some).collect() } else { vec![None] };
+                let steps: Vec<Option<usize>> = if spec.per_step { (0..=self.decode_steps).map(Some).collect() } else { vec![None] };
                 for &layer in &layers {
                     for &step in &steps {
                         let key = TensorKey { checkpoint, layer, step, name: spec.name };
@@ -339,6 +324,57 @@ impl Dims {
             }
         }
         all
+    }
+}
+
+/// The outputs of one block in the order its forward pass produces them.
+const BLOCK_ORDER: &[(Checkpoint, &str)] = &[
+    (Checkpoint::LayerNorm, "ln_1"),
+    (Checkpoint::Qkv, "q"),
+    (Checkpoint::Qkv, "k"),
+    (Checkpoint::Qkv, "v"),
+    (Checkpoint::KvCache, "keys"),
+    (Checkpoint::KvCache, "values"),
+    (Checkpoint::AttnScores, "scores"),
+    (Checkpoint::AttnScores, "weights"),
+    (Checkpoint::AttnOutput, "attn_output"),
+    (Checkpoint::LayerNorm, "ln_2"),
+    (Checkpoint::Ffn, "gelu"),
+    (Checkpoint::Ffn, "mlp_output"),
+    (Checkpoint::Block, "output"),
+];
+
+/// The model-level outputs after the last block, in order.
+const HEAD_ORDER: &[(Checkpoint, &str)] = &[
+    (Checkpoint::LayerNorm, "ln_f"),
+    (Checkpoint::Logits, "logits"),
+    (Checkpoint::SelectedLogits, "last_logits"),
+    (Checkpoint::Argmax, "next_token"),
+    (Checkpoint::Softmax, "probs"),
+    (Checkpoint::Softmax, "probs_warped"),
+    (Checkpoint::Softmax, "top_ids"),
+    (Checkpoint::KvCache, "decode_logits"),
+    (Checkpoint::Generation, "new_ids"),
+];
+
+impl Dims {
+    /// Every compared tensor in the order a forward pass produces it: embeddings, then block by
+    /// block (cache states right after the keys and values they hold), then the head. The first
+    /// failing key in this order is where a chained run diverged first.
+    pub fn forward_order(&self) -> Vec<TensorKey> {
+        let mut order = vec![TensorKey::new(Checkpoint::Embeddings, None, None, "embeddings")];
+        for layer in 0..self.n_layer {
+            for &(checkpoint, name) in BLOCK_ORDER {
+                let spec = checkpoint.spec(name).expect("BLOCK_ORDER holds catalog names");
+                if spec.per_step {
+                    order.extend((0..=self.decode_steps).map(|s| TensorKey::new(checkpoint, Some(layer), Some(s), spec.name)));
+                } else {
+                    order.push(TensorKey::new(checkpoint, Some(layer), None, spec.name));
+                }
+            }
+        }
+        order.extend(HEAD_ORDER.iter().map(|&(checkpoint, name)| TensorKey::new(checkpoint, None, None, name)));
+        order
     }
 }
 
@@ -362,6 +398,29 @@ mod tests {
         let keys = TensorKey::find(Checkpoint::KvCache, Some(0), Some(1), "keys").unwrap();
         assert_eq!(keys.stem(), "03_kv_cache.l00.step1.keys");
         assert_eq!(TensorKey::find(Checkpoint::Logits, None, None, "logits").unwrap().stem(), "08_logits.logits");
+    }
+
+    #[test]
+    fn forward_order_lists_every_compared_tensor_once() {
+        let dims = Dims {
+            n_layer: 2,
+            prompt_tokens: 3,
+            n_embd: 6,
+            n_head: 2,
+            vocab_size: 10,
+            inner: 24,
+            decode_steps: 2,
+            new_tokens: 4,
+            top_k: 3,
+        };
+        let order = dims.forward_order();
+        let mut outputs: Vec<TensorKey> =
+            dims.all_tensors().into_iter().map(|(k, _)| k).filter(|k| k.spec().role == Role::Output).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        outputs.sort();
+        assert_eq!(sorted, outputs);
+        assert_eq!(order[0].checkpoint, Checkpoint::Embeddings);
     }
 
     #[test]

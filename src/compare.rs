@@ -106,7 +106,16 @@ pub fn compare(what: &str, ours: ArrayViewD<f32>, golden: ArrayViewD<f32>, toler
     if ours.shape() != golden.shape() {
         return Err(Error::Input(format!("{what}: shape {:?}, the golden has {:?}", ours.shape(), golden.shape())));
     }
-    let mut c = Comparison { tolerance, elements: golden.len(), violations: 0, masked: 0, max_abs: 0.0, max_rel: 0.0, nmse: 0.0, worst: Vec::new() };
+    let mut c = Comparison {
+        tolerance,
+        elements: golden.len(),
+        violations: 0,
+        masked: 0,
+        max_abs: 0.0,
+        max_rel: 0.0,
+        nmse: 0.0,
+        worst: Vec::new(),
+    };
     let (mut err2, mut ref2) = (0.0f64, 0.0f64);
     // (how far past the tolerance, pair), kept sorted, at most WORST long
     let mut worst: Vec<(f64, Pair)> = Vec::new();

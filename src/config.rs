@@ -84,7 +84,7 @@ impl Config {
         if !self.tie_word_embeddings {
             return Err("tie_word_embeddings = false is not implemented: GPT-2's lm_head is tied to wte".into());
         }
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return Err(format!("n_embd = {} is not divisible by n_head = {}", self.n_embd, self.n_head));
         }
         if self.n_layer == 0 || self.vocab_size == 0 || self.n_positions == 0 {

@@ -131,7 +131,10 @@ impl GoldenSet {
         if manifest.format_version != FORMAT_VERSION {
             return Err(Error::golden(
                 &path,
-                format!("format_version {} but this crate reads {FORMAT_VERSION}: re-run `cargo xtask extract-goldens`", manifest.format_version),
+                format!(
+                    "format_version {} but this crate reads {FORMAT_VERSION}: re-run `cargo xtask extract-goldens`",
+                    manifest.format_version
+                ),
             ));
         }
         let set = GoldenSet { dir: dir.to_path_buf(), manifest };
@@ -170,7 +173,10 @@ impl GoldenSet {
             if entry.shape != shape || entry.dtype != key.spec().dtype || entry.file != key.file_name() {
                 return Err(Error::golden(
                     &path,
-                    format!("{key}: the manifest says {:?} {:?} in {}, the catalog expects {shape:?}: re-run `cargo xtask extract-goldens`", entry.dtype, entry.shape, entry.file),
+                    format!(
+                        "{key}: the manifest says {:?} {:?} in {}, the catalog expects {shape:?}: re-run `cargo xtask extract-goldens`",
+                        entry.dtype, entry.shape, entry.file
+                    ),
                 ));
             }
         }
@@ -202,10 +208,7 @@ impl GoldenSet {
     /// Token ids as u32, for feeding a model.
     pub fn ids(&self, key: TensorKey) -> Result<Vec<u32>> {
         let path = self.dir.join(&self.entry(key)?.file);
-        self.i64(key)?
-            .iter()
-            .map(|&v| u32::try_from(v).map_err(|_| Error::golden(&path, format!("{v} is not a token id"))))
-            .collect()
+        self.i64(key)?.iter().map(|&v| u32::try_from(v).map_err(|_| Error::golden(&path, format!("{v} is not a token id")))).collect()
     }
 
     fn read<T: ndarray_npy::ReadableElement>(&self, key: TensorKey, dtype: DType) -> Result<ArrayD<T>> {
@@ -217,7 +220,10 @@ impl GoldenSet {
         let file = std::fs::File::open(&path)
             .map_err(|e| Error::golden(&path, format!("cannot open it ({e}): re-run `cargo xtask extract-goldens`")))?;
         let array = ArrayD::<T>::read_npy(std::io::BufReader::new(file)).map_err(|e| {
-            Error::golden(&path, format!("not a readable {dtype:?} .npy file ({e}): it may be truncated; re-run `cargo xtask extract-goldens`"))
+            Error::golden(
+                &path,
+                format!("not a readable {dtype:?} .npy file ({e}): it may be truncated; re-run `cargo xtask extract-goldens`"),
+            )
         })?;
         if array.shape() != entry.shape.as_slice() {
             return Err(Error::golden(&path, format!("shape {:?} disagrees with the manifest's {:?}", array.shape(), entry.shape)));

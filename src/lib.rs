@@ -6,6 +6,7 @@
 //! - [`goldens`]: HF's tensors as `cargo xtask extract-goldens` wrote them, with their manifest.
 //! - [`suite`]: runs any [`suite::Candidate`] against the goldens, checkpoint by checkpoint.
 
+pub mod candidate;
 pub mod catalog;
 pub mod compare;
 pub mod config;
@@ -13,7 +14,9 @@ pub mod error;
 pub mod goldens;
 pub mod model;
 pub mod sampling;
+pub mod suite;
 pub mod taps;
+pub mod tokenizer;
 pub mod tolerances;
 pub mod weights;
 

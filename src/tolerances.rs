@@ -53,7 +53,8 @@ impl Tolerances {
             serde_yaml::from_str(&text).map_err(|e| err(format!("malformed ({e})")))?;
         for checkpoint in Checkpoint::ALL {
             let entry = checkpoints.get(&checkpoint.label()).ok_or_else(|| err(format!("no entry for {}", checkpoint.label())))?;
-            let integer_only = checkpoint.tensors().iter().filter(|t| t.role == crate::catalog::Role::Output).all(|t| t.dtype == DType::I64);
+            let integer_only =
+                checkpoint.tensors().iter().filter(|t| t.role == crate::catalog::Role::Output).all(|t| t.dtype == DType::I64);
             if integer_only && !entry.exact {
                 return Err(err(format!("{} compares token ids: it must say `exact: true`", checkpoint.label())));
             }

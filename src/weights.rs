@@ -38,10 +38,9 @@ impl<'a> WeightFile<'a> {
     /// The f32 tensor `name` (without the `transformer.` prefix), which must have `shape`.
     pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<ArrayD<f32>> {
         let full = format!("{}{name}", self.prefix);
-        let view = self
-            .tensors
-            .tensor(&full)
-            .map_err(|_| Error::weights(&self.path, format!("tensor {full} is missing: the file does not hold a complete GPT-2 for this config.json")))?;
+        let view = self.tensors.tensor(&full).map_err(|_| {
+            Error::weights(&self.path, format!("tensor {full} is missing: the file does not hold a complete GPT-2 for this config.json"))
+        })?;
         if view.shape() != shape {
             return Err(Error::weights(&self.path, format!("tensor {full} has shape {:?}, config.json implies {shape:?}", view.shape())));
         }
@@ -97,7 +96,10 @@ impl<'a> WeightFile<'a> {
 /// Memory-maps `path` and hands its bytes to `read`.
 pub fn with_mapped_file<T>(path: &Path, read: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
     let file = std::fs::File::open(path).map_err(|e| {
-        Error::weights(path, format!("cannot open it ({e}): a GPT-2 model directory needs the model.safetensors that save_pretrained writes"))
+        Error::weights(
+            path,
+            format!("cannot open it ({e}): a GPT-2 model directory needs the model.safetensors that save_pretrained writes"),
+        )
     })?;
     // SAFETY: the map is read-only and lives only for this call; the file is not expected to be
     // modified while the weights are copied out of it.

@@ -7,6 +7,7 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 use super::conv1d::Conv1D;
 use super::kv_cache::LayerCache;
 use super::softmax::{MASKED, softmax_last_axis};
+use crate::candidate::{AttnScores, Qkv};
 use crate::catalog::{Checkpoint, TensorKey};
 use crate::error::Result;
 use crate::taps::TapSink;
@@ -21,21 +22,8 @@ pub struct Attention {
     pub scale: f32,
 }
 
-/// Checkpoint 02: queries, keys and values, one contiguous [H, T, D] block each.
-pub struct Qkv {
-    pub q: Array3<f32>,
-    pub k: Array3<f32>,
-    pub v: Array3<f32>,
-}
-
-/// Checkpoint 04: scores [H, T, S] before softmax (masked entries hold [`MASKED`]) and weights after.
-pub struct AttnScores {
-    pub scores: Array3<f32>,
-    pub weights: Array3<f32>,
-}
-
 impl Attention {
-    /// x [T, C] (ln_1 output) -> q, k, v [H, T, D]
+    /// x [T, C] (ln_1 output) -> q, k, v [H, T, D], each contiguous
     pub fn qkv(&self, x: ArrayView2<f32>) -> Qkv {
         let (t, c) = x.dim();
         let h = self.n_head;
@@ -51,7 +39,7 @@ impl Attention {
     }
 
     /// q [H, T, D] and the keys of all S positions k [H, S, D] -> scaled, causally masked scores and
-    /// their softmax, both [H, T, S]. Query i sits at absolute position S - T + i and sees keys 0..=it.
+    /// their softmax, both [H, T, S]; masked entries hold [`MASKED`]. Query i sits at absolute position S - T + i and sees keys 0..=it.
     pub fn scores(&self, q: ArrayView3<f32>, k: ArrayView3<f32>) -> AttnScores {
         let (h, t, _) = q.dim();
         let s_len = k.shape()[1];

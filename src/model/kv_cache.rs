@@ -20,11 +20,7 @@ pub struct LayerCache {
 
 impl LayerCache {
     pub fn new(n_head: usize, capacity: usize, head_dim: usize) -> Self {
-        LayerCache {
-            keys: Array3::zeros((n_head, capacity, head_dim)),
-            values: Array3::zeros((n_head, capacity, head_dim)),
-            len: 0,
-        }
+        LayerCache { keys: Array3::zeros((n_head, capacity, head_dim)), values: Array3::zeros((n_head, capacity, head_dim)), len: 0 }
     }
 
     /// Appends k, v [H, T, D] after the cached positions.

@@ -1,22 +1,15 @@
 //! GPT-2's feed-forward network: c_fc, gelu_new, c_proj.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::ArrayView2;
 
 use super::conv1d::Conv1D;
+use crate::candidate::MlpOutput;
 
 pub struct Mlp {
     /// [C, 4C]
     pub c_fc: Conv1D,
     /// [4C, C]
     pub c_proj: Conv1D,
-}
-
-/// Both tensors checkpoint 06 records.
-pub struct MlpOutput {
-    /// [T, 4C] after gelu_new
-    pub gelu: Array2<f32>,
-    /// [T, C] after c_proj, before the residual add
-    pub output: Array2<f32>,
 }
 
 impl Mlp {

@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod block;
+mod candidate;
 pub mod conv1d;
 pub mod kv_cache;
 pub mod layer_norm;
@@ -66,7 +67,10 @@ impl Gpt2 {
                     scale: config.attn_scale(i),
                 },
                 ln_2: file.layer_norm(&format!("{p}.ln_2"), c, eps)?,
-                mlp: Mlp { c_fc: file.conv1d(&format!("{p}.mlp.c_fc"), c, inner)?, c_proj: file.conv1d(&format!("{p}.mlp.c_proj"), inner, c)? },
+                mlp: Mlp {
+                    c_fc: file.conv1d(&format!("{p}.mlp.c_fc"), c, inner)?,
+                    c_proj: file.conv1d(&format!("{p}.mlp.c_proj"), inner, c)?,
+                },
             });
         }
         Ok(Gpt2 {

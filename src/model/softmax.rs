@@ -3,7 +3,7 @@
 //! Masked entries hold [`MASKED`] (torch.finfo(float32).min, what HF's eager mask adds) or -inf;
 //! both give exp(...) = 0.
 
-use ndarray::{ArrayViewMut1, Axis, Dimension, RemoveAxis, ArrayBase, DataMut};
+use ndarray::{ArrayBase, ArrayViewMut1, Axis, DataMut, Dimension, RemoveAxis};
 
 /// The value HF's eager attention leaves at masked positions: torch.finfo(torch.float32).min.
 pub const MASKED: f32 = f32::MIN;

@@ -41,7 +41,8 @@ pub fn check(staging: &Path, plans: &[SetPlan], root: &Path, tolerances: &Tolera
                 }
                 DType::I64 => {
                     let (ours, golden) = (fresh.i64(key)?, committed.i64(key)?);
-                    (ours != golden).then(|| format!("token ids differ: re-extracted {:?}, committed {:?}", ours.as_slice(), golden.as_slice()))
+                    (ours != golden)
+                        .then(|| format!("token ids differ: re-extracted {:?}, committed {:?}", ours.as_slice(), golden.as_slice()))
                 }
             };
             if let Some(problem) = problem {

@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use gpt2_checkpoints::catalog::{Checkpoint, DType, TensorKey};
 use gpt2_checkpoints::config::Config;
-use gpt2_checkpoints::goldens::{
-    Environment, FORMAT_VERSION, GenerationInfo, MANIFEST, Manifest, ModelInfo, PromptInfo, TensorEntry,
-};
+use gpt2_checkpoints::goldens::{Environment, FORMAT_VERSION, GenerationInfo, MANIFEST, Manifest, ModelInfo, PromptInfo, TensorEntry};
 use ndarray::ArrayD;
 use ndarray_npy::WriteNpyExt;
 use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -62,12 +60,8 @@ impl SetPlan {
 
 /// The directory name for a prompt: its first words, lower-case ASCII, joined by '-'.
 pub fn prompt_slug(prompt: &str) -> String {
-    let words: Vec<String> = prompt
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .take(6)
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let words: Vec<String> =
+        prompt.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).take(6).map(str::to_ascii_lowercase).collect();
     if words.is_empty() { "prompt".to_string() } else { words.join("-") }
 }
 
@@ -108,7 +102,14 @@ fn resolve_source(source: &str) -> String {
     if !Path::new(source).is_absolute() && path.is_dir() { path_str(&path) } else { source.to_string() }
 }
 
-fn extract_set(py: Python<'_>, reference: &Bound<'_, PyModule>, model: &Bound<'_, PyAny>, tokenizer: &Bound<'_, PyAny>, plan: &SetPlan, dir: &Path) -> Result<()> {
+fn extract_set(
+    py: Python<'_>,
+    reference: &Bound<'_, PyModule>,
+    model: &Bound<'_, PyAny>,
+    tokenizer: &Bound<'_, PyAny>,
+    plan: &SetPlan,
+    dir: &Path,
+) -> Result<()> {
     let g = plan.generation;
     let result = reference
         .call_method1("extract", (model, tokenizer, plan.prompt.as_str(), g.new_tokens, g.decode_steps, g.temperature, g.top_k))
@@ -162,7 +163,15 @@ fn extract_set(py: Python<'_>, reference: &Bound<'_, PyModule>, model: &Bound<'_
         if &actual_shape != shape {
             bail!("{key}: HF produced shape {actual_shape:?}, the catalog expects {shape:?}");
         }
-        let entry = TensorEntry { checkpoint, layer, step, name: spec.name.to_string(), shape: actual_shape, dtype: spec.dtype, file: key.file_name() };
+        let entry = TensorEntry {
+            checkpoint,
+            layer,
+            step,
+            name: spec.name.to_string(),
+            shape: actual_shape,
+            dtype: spec.dtype,
+            file: key.file_name(),
+        };
         if written.insert(key, entry).is_some() {
             bail!("{key}: tapped twice; the reference's hooks fired more often than once per forward pass");
         }

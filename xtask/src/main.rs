@@ -122,7 +122,12 @@ fn plan(models: &[String], prompts: &[String], generation: Generation) -> Result
     Ok(models
         .iter()
         .flat_map(|source| {
-            prompts.iter().map(move |prompt| SetPlan { source: source.clone(), model_name: extract::model_name(source), prompt: prompt.clone(), generation })
+            prompts.iter().map(move |prompt| SetPlan {
+                source: source.clone(),
+                model_name: extract::model_name(source),
+                prompt: prompt.clone(),
+                generation,
+            })
         })
         .collect())
 }
@@ -135,7 +140,9 @@ fn check_local_model(source: &str) -> Result<()> {
         return Ok(());
     }
     if !dir.is_dir() {
-        bail!("--model {source}: no such directory; pass a GPT-2 directory saved with save_pretrained or a hub id like openai-community/gpt2");
+        bail!(
+            "--model {source}: no such directory; pass a GPT-2 directory saved with save_pretrained or a hub id like openai-community/gpt2"
+        );
     }
     Config::from_model_dir(&dir)?;
     if !dir.join("model.safetensors").is_file() && !dir.join("pytorch_model.bin").is_file() {
@@ -159,7 +166,12 @@ fn committed_plans(out: &Path) -> Result<Vec<SetPlan>> {
                 source: m.model.source,
                 model_name: m.model.name,
                 prompt: m.prompt.text,
-                generation: Generation { new_tokens: g.new_tokens, decode_steps: g.decode_steps, temperature: g.temperature, top_k: g.top_k },
+                generation: Generation {
+                    new_tokens: g.new_tokens,
+                    decode_steps: g.decode_steps,
+                    temperature: g.temperature,
+                    top_k: g.top_k,
+                },
             }
         })
         .collect())

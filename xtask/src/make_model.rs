@@ -23,8 +23,7 @@ use crate::python::{Venv, path_str, python_error};
 pub const TINY_SEED: u64 = 3;
 
 /// GPT2Config arguments of the tiny fixture, as JSON.
-const TINY_CONFIG: &str =
-    r#"{"vocab_size": 50257, "n_positions": 128, "n_embd": 48, "n_layer": 3, "n_head": 3, "initializer_range": 0.3}"#;
+const TINY_CONFIG: &str = r#"{"vocab_size": 50257, "n_positions": 128, "n_embd": 48, "n_layer": 3, "n_head": 3, "initializer_range": 0.3}"#;
 
 pub fn make_tiny_model(venv: &Venv, out: &Path, seed: u64) -> Result<()> {
     let parent = out.parent().unwrap_or(Path::new("."));

@@ -54,13 +54,16 @@ impl Venv {
         let requirements = project_root().join("reference").join("requirements.txt");
         if !self.python().exists() {
             eprintln!("creating the Python environment {} with {}", self.dir.display(), base_python());
-            let status = Command::new(base_python())
-                .args(["-m", "venv"])
-                .arg(&self.dir)
-                .status()
-                .with_context(|| format!("cannot run {} to create {}: install Python 3 with venv", base_python(), self.dir.display()))?;
+            let status =
+                Command::new(base_python()).args(["-m", "venv"]).arg(&self.dir).status().with_context(|| {
+                    format!("cannot run {} to create {}: install Python 3 with venv", base_python(), self.dir.display())
+                })?;
             if !status.success() {
-                bail!("`{} -m venv {}` failed ({status}): install python3-venv or set VIRTUAL_ENV to an existing environment", base_python(), self.dir.display());
+                bail!(
+                    "`{} -m venv {}` failed ({status}): install python3-venv or set VIRTUAL_ENV to an existing environment",
+                    base_python(),
+                    self.dir.display()
+                );
             }
         }
         eprintln!("installing {} into {} (torch is large: a few minutes)", requirements.display(), self.dir.display());
@@ -89,7 +92,8 @@ impl Venv {
 
     fn import_reference<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyModule>> {
         let sys = py.import("sys")?;
-        let (major, minor): (u32, u32) = (sys.getattr("version_info")?.getattr("major")?.extract()?, sys.getattr("version_info")?.getattr("minor")?.extract()?);
+        let (major, minor): (u32, u32) =
+            (sys.getattr("version_info")?.getattr("major")?.extract()?, sys.getattr("version_info")?.getattr("minor")?.extract()?);
         let site_packages = self.dir.join("lib").join(format!("python{major}.{minor}")).join("site-packages");
         if !site_packages.is_dir() {
             return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
