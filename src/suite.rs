@@ -466,3 +466,109 @@ fn top2_margin(logits: ArrayView1<f32>) -> f32 {
     }
     first - second
 }
+
+/// Every check of one golden set: each checkpoint at each layer and at model level, in both modes
+/// (03's decode logits chained only), and the cache-versus-recompute check.
+pub fn run_all(candidate: &mut dyn Candidate, set: &GoldenSet, tolerances: &Tolerances) -> Vec<CheckpointReport> {
+    let run = ChainedRun::new(candidate, set);
+    let n_layer = set.manifest.model.config.n_layer;
+    let mut reports = Vec::new();
+    for checkpoint in Checkpoint::ALL {
+        let mut scopes: Vec<Option<usize>> = Vec::new();
+        if checkpoint.tensors().iter().any(|t| t.scope == crate::catalog::Scope::Layer && t.role == Role::Output) {
+            scopes.extend((0..n_layer).map(Some));
+        }
+        if checkpoint.tensors().iter().any(|t| t.scope == crate::catalog::Scope::Model && t.role == Role::Output) {
+            scopes.push(None);
+        }
+        for layer in scopes {
+            if !(checkpoint == Checkpoint::KvCache && layer.is_none()) {
+                reports.push(check_isolated(candidate, set, tolerances, checkpoint, layer));
+            }
+            reports.push(check_chained(&run, set, tolerances, checkpoint, layer));
+        }
+        if checkpoint == Checkpoint::KvCache {
+            reports.push(check_cache_matches_recompute(candidate, &run, set, tolerances));
+        }
+    }
+    reports
+}
+
+/// One line of the checkpoint table: the worst over all layers, tensors and golden sets.
+#[derive(Clone, Debug)]
+pub struct SummaryRow {
+    pub checkpoint: Checkpoint,
+    pub mode: Mode,
+    pub checks: usize,
+    pub failed: usize,
+    pub max_abs: f64,
+    /// The atol in force where max_abs was measured.
+    pub atol: f64,
+    pub max_nmse: f64,
+    /// The smallest atol / |error| over the float comparisons (inf when every error is 0).
+    pub headroom: f64,
+    /// How many id tensors were compared exactly.
+    pub exact: usize,
+}
+
+/// Aggregates reports by checkpoint and mode, in checkpoint order.
+pub fn summarize(reports: &[CheckpointReport]) -> Vec<SummaryRow> {
+    let mut rows: Vec<SummaryRow> = Vec::new();
+    for report in reports {
+        let row = match rows.iter_mut().find(|r| r.checkpoint == report.checkpoint && r.mode == report.mode) {
+            Some(row) => row,
+            None => {
+                rows.push(SummaryRow {
+                    checkpoint: report.checkpoint,
+                    mode: report.mode,
+                    checks: 0,
+                    failed: 0,
+                    max_abs: 0.0,
+                    atol: f64::NAN,
+                    max_nmse: 0.0,
+                    headroom: f64::INFINITY,
+                    exact: 0,
+                });
+                rows.last_mut().expect("just pushed")
+            }
+        };
+        for check in &report.checks {
+            row.checks += 1;
+            row.failed += usize::from(!check.passed);
+            match &check.comparison {
+                Some(c) => {
+                    if c.max_abs >= row.max_abs || row.atol.is_nan() {
+                        row.max_abs = c.max_abs;
+                        row.atol = c.tolerance.atol;
+                    }
+                    row.max_nmse = row.max_nmse.max(c.nmse);
+                    row.headroom = row.headroom.min(c.headroom());
+                }
+                None => row.exact += 1,
+            }
+        }
+    }
+    rows.sort_by_key(|r| (r.checkpoint, r.mode == Mode::Chained));
+    rows
+}
+
+/// The summary as a markdown table.
+pub fn summary_table(rows: &[SummaryRow]) -> String {
+    let mut out =
+        String::from("| checkpoint | mode | status | max abs error | atol | headroom | max NMSE |\n|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let status = if r.failed == 0 { format!("pass ({})", r.checks) } else { format!("FAIL ({}/{})", r.failed, r.checks) };
+        let (max_abs, atol, headroom, nmse) = if r.atol.is_nan() {
+            ("ids exact".to_string(), "exact".to_string(), "-".to_string(), "-".to_string())
+        } else {
+            let headroom = if r.headroom.is_infinite() { "exact".to_string() } else { format!("{:.0}x", r.headroom) };
+            (format!("{:.2e}", r.max_abs), format!("{:.0e}", r.atol), headroom, format!("{:.1e}", r.max_nmse))
+        };
+        let mode = match r.mode {
+            Mode::Isolated => "isolated",
+            Mode::Chained => "chained",
+        };
+        let _ = writeln!(out, "| {} | {mode} | {status} | {max_abs} | {atol} | {headroom} | {nmse} |", r.checkpoint.label());
+    }
+    out
+}

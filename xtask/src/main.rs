@@ -1,6 +1,7 @@
 //! cargo xtask: the project's automation, one binary with subcommands (see `cargo xtask --help`).
 //!
 //! - `extract-goldens`: HF GPT-2 -> fixtures/goldens (and `--check` that they still reproduce).
+//! - `measure`: the reference model against committed goldens: the checkpoint error table.
 //! - `make-tiny-model`: the tiny GPT-2 fixture under fixtures/models, created and saved by HF.
 //!
 //! Python is embedded through pyo3 and used only here; the library and its tests need none.
@@ -8,6 +9,7 @@
 mod check;
 mod extract;
 mod make_model;
+mod measure;
 mod python;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +64,12 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Run every checkpoint of the reference model against committed goldens and print the error table.
+    Measure {
+        /// Golden sets under this directory (<dir>/<model>/<slug>/manifest.yaml).
+        #[arg(long, default_value = GOLDENS)]
+        goldens: PathBuf,
+    },
     /// Create the tiny GPT-2 fixture with HF (fixed seed) and save it with save_pretrained.
     MakeTinyModel {
         #[arg(long, default_value = TINY_MODEL)]
@@ -103,6 +111,7 @@ fn run(cli: Cli) -> Result<()> {
                 extract::install(staging.path(), &plans, &out)
             }
         }
+        Command::Measure { goldens } => measure::measure(&root.join(goldens), &Tolerances::load(&root.join(TOLERANCES))?),
         Command::MakeTinyModel { out, seed } => {
             let venv = Venv::ensure()?;
             make_model::make_tiny_model(&venv, &root.join(out), seed)
