@@ -69,6 +69,9 @@ enum Command {
         /// Golden sets under this directory (<dir>/<model>/<slug>/manifest.yaml).
         #[arg(long, default_value = GOLDENS)]
         goldens: PathBuf,
+        /// Also print every check with its worst elements.
+        #[arg(long)]
+        verbose: bool,
     },
     /// Create the tiny GPT-2 fixture with HF (fixed seed) and save it with save_pretrained.
     MakeTinyModel {
@@ -111,7 +114,7 @@ fn run(cli: Cli) -> Result<()> {
                 extract::install(staging.path(), &plans, &out)
             }
         }
-        Command::Measure { goldens } => measure::measure(&root.join(goldens), &Tolerances::load(&root.join(TOLERANCES))?),
+        Command::Measure { goldens, verbose } => measure::measure(&root.join(goldens), &Tolerances::load(&root.join(TOLERANCES))?, verbose),
         Command::MakeTinyModel { out, seed } => {
             let venv = Venv::ensure()?;
             make_model::make_tiny_model(&venv, &root.join(out), seed)

@@ -11,7 +11,7 @@ use gpt2_checkpoints::tolerances::Tolerances;
 
 use crate::project_root;
 
-pub fn measure(goldens: &Path, tolerances: &Tolerances) -> Result<()> {
+pub fn measure(goldens: &Path, tolerances: &Tolerances, verbose: bool) -> Result<()> {
     let sets = GoldenSet::discover(goldens)?;
     let mut reports = Vec::new();
     for set in &sets {
@@ -20,6 +20,11 @@ pub fn measure(goldens: &Path, tolerances: &Tolerances) -> Result<()> {
     }
     println!("{} golden sets: {}\n", sets.len(), sets.iter().map(GoldenSet::name).collect::<Vec<_>>().join(", "));
     print!("{}", summary_table(&summarize(&reports)));
+    if verbose {
+        for report in &reports {
+            println!("{}", report.message());
+        }
+    }
     let failed: Vec<_> = reports.iter().filter(|r| !r.passed()).collect();
     for report in &failed {
         eprintln!("{}", report.message());
