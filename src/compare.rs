@@ -38,6 +38,8 @@ pub struct Pair {
     pub index: Vec<usize>,
     pub ours: f32,
     pub golden: f32,
+    /// Whether this element fails the tolerance.
+    pub outside: bool,
 }
 
 impl Pair {
@@ -87,10 +89,10 @@ impl Comparison {
         )
     }
 
-    /// The summary, then the worst index and pairs, one per line.
+    /// The summary, then the worst failing elements, one per line.
     pub fn report(&self) -> String {
         let mut out = self.summary();
-        for pair in &self.worst {
+        for pair in self.worst.iter().filter(|p| p.outside) {
             let _ = write!(out, "\n    at {:?}: ours {:e}, golden {:e}, |diff| {:.3e}", pair.index, pair.ours, pair.golden, pair.abs_err());
         }
         out
@@ -144,7 +146,7 @@ pub fn compare(what: &str, ours: ArrayViewD<f32>, golden: ArrayViewD<f32>, toler
             c.violations += 1;
         }
         if worst.len() < Comparison::WORST || excess > worst[worst.len() - 1].0 {
-            let pair = Pair { index: index.slice().to_vec(), ours: o, golden: g };
+            let pair = Pair { index: index.slice().to_vec(), ours: o, golden: g, outside: excess > 0.0 };
             let at = worst.partition_point(|(e, _)| *e >= excess);
             worst.insert(at, (excess, pair));
             worst.truncate(Comparison::WORST);
