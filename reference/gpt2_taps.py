@@ -322,3 +322,15 @@ def make_model(out_dir, config_json, seed, tokenizer_dir):
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return sum(p.numel() for p in model.parameters())
+
+
+def local_dir(source):
+    """A local directory holding `source`: itself, or the hub snapshot (downloaded when online)."""
+    if os.path.isdir(source):
+        return source
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+    except Exception as e:  # noqa: BLE001 - any hub failure gets the same one-line advice
+        raise GoldenInputError(f"cannot fetch {source!r} from the hub ({type(e).__name__}): offline, pass a local directory saved with save_pretrained") from None

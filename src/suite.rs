@@ -468,12 +468,19 @@ fn top2_margin(logits: ArrayView1<f32>) -> f32 {
 }
 
 /// Every check of one golden set: each checkpoint at each layer and at model level, in both modes
-/// (03's decode logits chained only), and the cache-versus-recompute check.
-pub fn run_all(candidate: &mut dyn Candidate, set: &GoldenSet, tolerances: &Tolerances) -> Vec<CheckpointReport> {
+/// (03's decode logits chained only), and the cache-versus-recompute check. `progress` sees each
+/// checkpoint as it starts.
+pub fn run_all(
+    candidate: &mut dyn Candidate,
+    set: &GoldenSet,
+    tolerances: &Tolerances,
+    progress: &mut dyn FnMut(Checkpoint),
+) -> Vec<CheckpointReport> {
     let run = ChainedRun::new(candidate, set);
     let n_layer = set.manifest.model.config.n_layer;
     let mut reports = Vec::new();
     for checkpoint in Checkpoint::ALL {
+        progress(checkpoint);
         let mut scopes: Vec<Option<usize>> = Vec::new();
         if checkpoint.tensors().iter().any(|t| t.scope == crate::catalog::Scope::Layer && t.role == Role::Output) {
             scopes.extend((0..n_layer).map(Some));

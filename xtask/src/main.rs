@@ -1,8 +1,10 @@
 //! cargo xtask: the project's automation, one binary with subcommands (see `cargo xtask --help`).
 //!
 //! - `extract-goldens`: HF GPT-2 -> fixtures/goldens (and `--check` that they still reproduce).
+//! - `validate`: any GPT-2 (directory or hub id): extract goldens to target/, run all checkpoints.
 //! - `measure`: the reference model against committed goldens: the checkpoint error table.
 //! - `make-tiny-model`: the tiny GPT-2 fixture under fixtures/models, created and saved by HF.
+//! - `make-model`: a GPT-2 with the real shapes of distilgpt2, gpt2 or gpt2-medium (random weights).
 //!
 //! Python is embedded through pyo3 and used only here; the library and its tests need none.
 
@@ -11,6 +13,7 @@ mod extract;
 mod make_model;
 mod measure;
 mod python;
+mod validate;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,6 +25,7 @@ use gpt2_checkpoints::goldens::GoldenSet;
 use gpt2_checkpoints::tolerances::Tolerances;
 
 use extract::{Generation, SetPlan};
+use make_model::Preset;
 use python::Venv;
 
 /// The fixture model the committed goldens come from.
@@ -64,6 +68,17 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Extract goldens for any GPT-2 into target/validate and run all 13 checkpoints against them.
+    Validate {
+        /// A GPT-2 directory saved with save_pretrained, or a hub id (openai-community/gpt2).
+        #[arg(long)]
+        model: String,
+        /// Prompt text. Repeatable; default: "Hello.".
+        #[arg(long = "prompt")]
+        prompts: Vec<String>,
+        #[arg(long, default_value_t = Generation::default().new_tokens)]
+        new_tokens: usize,
+    },
     /// Run every checkpoint of the reference model against committed goldens and print the error table.
     Measure {
         /// Golden sets under this directory (<dir>/<model>/<slug>/manifest.yaml).
@@ -79,6 +94,16 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = make_model::TINY_SEED)]
         seed: u64,
+    },
+    /// Create a GPT-2 with the real shapes of a preset and random weights, with HF (not committed).
+    MakeModel {
+        #[arg(long, value_enum)]
+        preset: Preset,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Default: target/models/<preset>.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -114,10 +139,16 @@ fn run(cli: Cli) -> Result<()> {
                 extract::install(staging.path(), &plans, &out)
             }
         }
+        Command::Validate { model, prompts, new_tokens } => {
+            let prompts = if prompts.is_empty() { vec!["Hello.".to_string()] } else { prompts };
+            let plans = plan(std::slice::from_ref(&model), &prompts, Generation { new_tokens, ..Generation::default() })?;
+            validate::validate(&Venv::ensure()?, &model, plans, &Tolerances::load(&root.join(TOLERANCES))?)
+        }
         Command::Measure { goldens, verbose } => measure::measure(&root.join(goldens), &Tolerances::load(&root.join(TOLERANCES))?, verbose),
-        Command::MakeTinyModel { out, seed } => {
-            let venv = Venv::ensure()?;
-            make_model::make_tiny_model(&venv, &root.join(out), seed)
+        Command::MakeTinyModel { out, seed } => make_model::make_model(&Venv::ensure()?, Preset::Tiny, &root.join(out), seed),
+        Command::MakeModel { preset, seed, out } => {
+            let out = out.unwrap_or_else(|| Path::new("target").join("models").join(preset.name()));
+            make_model::make_model(&Venv::ensure()?, preset, &root.join(out), seed)
         }
     }
 }

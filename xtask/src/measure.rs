@@ -16,7 +16,7 @@ pub fn measure(goldens: &Path, tolerances: &Tolerances, verbose: bool) -> Result
     let mut reports = Vec::new();
     for set in &sets {
         let mut model = Gpt2::load(&project_root().join(&set.manifest.model.source))?;
-        reports.extend(run_all(&mut model, set, tolerances));
+        reports.extend(run_all(&mut model, set, tolerances, &mut |_| {}));
     }
     println!("{} golden sets: {}\n", sets.len(), sets.iter().map(GoldenSet::name).collect::<Vec<_>>().join(", "));
     print!("{}", summary_table(&summarize(&reports)));

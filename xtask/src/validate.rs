@@ -1,0 +1,57 @@
+//! `cargo xtask validate`: any GPT-2 (a local directory or a hub id) checked end to end.
+//!
+//! Extracts HF goldens for the model into target/validate/, runs all 13 checkpoints of the reference
+//! against them in both modes, and prints the checkpoint table (status, worst error, tolerance,
+//! headroom, NMSE) and, on failure, the first checkpoint that diverged.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use gpt2_checkpoints::goldens::GoldenSet;
+use gpt2_checkpoints::model::Gpt2;
+use gpt2_checkpoints::suite::{run_all, summarize, summary_table};
+use gpt2_checkpoints::tolerances::Tolerances;
+use pyo3::types::PyAnyMethods;
+
+use crate::extract::{self, SetPlan};
+use crate::project_root;
+use crate::python::{Venv, python_error};
+
+pub fn validate(venv: &Venv, source: &str, plans: Vec<SetPlan>, tolerances: &Tolerances) -> Result<()> {
+    let start = Instant::now();
+    let model_dir: String = venv.with_reference(|py, reference| {
+        reference.call_method1("local_dir", (source,)).and_then(|d| d.extract()).map_err(|e| python_error(py, e))
+    })?;
+    let plans: Vec<SetPlan> = plans.into_iter().map(|p| SetPlan { source: model_dir.clone(), ..p }).collect();
+    let root = project_root().join("target").join("validate");
+    let staging = extract::extract_all(venv, &plans, &root)?;
+    extract::install(staging.path(), &plans, &root)?;
+    eprintln!("goldens extracted in {:.1} s; loading {model_dir} into the reference", start.elapsed().as_secs_f64());
+    let mut model = Gpt2::load(&PathBuf::from(&model_dir))?;
+    let mut reports = Vec::new();
+    for plan in &plans {
+        let set = GoldenSet::open(&root.join(plan.relative_dir()))?;
+        eprint!("checking {}:", set.name());
+        reports.extend(run_all(&mut model, &set, tolerances, &mut |checkpoint| {
+            eprint!(" {:02}", checkpoint.id());
+            let _ = std::io::stderr().flush();
+        }));
+        eprintln!();
+    }
+    println!("\n{source}: {} golden sets in {}\n", plans.len(), root.display());
+    print!("{}", summary_table(&summarize(&reports)));
+    let failed: Vec<_> = reports.iter().filter(|r| !r.passed()).collect();
+    if let Some(first) = failed.iter().find_map(|r| r.first_divergence.as_ref()) {
+        println!("\nfirst divergence in the chain: {} ({})", first.key, first.detail.lines().next().unwrap_or_default());
+    }
+    for report in failed.iter().take(5) {
+        eprintln!("{}", report.message());
+    }
+    println!("\nvalidate took {:.1} s", start.elapsed().as_secs_f64());
+    if !failed.is_empty() {
+        bail!("{} of {} checks failed", failed.len(), reports.len());
+    }
+    Ok(())
+}
