@@ -16,7 +16,7 @@ pub struct Conv1D {
 impl Conv1D {
     /// x [T, in] -> [T, out]
     pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let mut y = x.dot(&self.weight); // [T, out]
+        let mut y = super::kernels::x_w(x.as_standard_layout().view(), self.weight.view()); // [T, out]
         y += &self.bias.view().insert_axis(Axis(0));
         y
     }

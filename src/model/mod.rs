@@ -8,6 +8,7 @@ pub mod attention;
 pub mod block;
 mod candidate;
 pub mod conv1d;
+pub mod kernels;
 pub mod kv_cache;
 pub mod layer_norm;
 pub mod mlp;
@@ -15,7 +16,7 @@ pub mod softmax;
 
 use std::path::Path;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use crate::catalog::{Checkpoint, TensorKey};
 use crate::config::Config;
@@ -132,16 +133,12 @@ impl Gpt2 {
 
     /// Checkpoint 08: the tied lm_head, h [T, C] -> logits [T, V] = h · wteᵀ (no bias).
     pub fn lm_head(&self, h: ArrayView2<f32>) -> Array2<f32> {
-        let mut logits = Array2::<f32>::zeros((h.nrows(), self.config.vocab_size)); // [T, V]
-        for (row, mut out) in h.rows().into_iter().zip(logits.rows_mut()) {
-            out.assign(&self.lm_head_row(row));
-        }
-        logits
+        kernels::x_wt(h.as_standard_layout().view(), self.wte.view()) // [T, V]
     }
 
-    /// One position: h [C] -> logits [V], as a matrix-vector product over wte's rows.
+    /// One position: h [C] -> logits [V], one dot product per row of wte.
     pub fn lm_head_row(&self, h: ArrayView1<f32>) -> Array1<f32> {
-        self.wte.dot(&h) // [V]
+        self.lm_head(h.insert_axis(Axis(0))).index_axis_move(Axis(0), 0) // [V]
     }
 
     /// Greedy decoding: `new_tokens` argmax tokens after `prompt`, with the KV cache.

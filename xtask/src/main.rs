@@ -2,12 +2,14 @@
 //!
 //! - `extract-goldens`: HF GPT-2 -> fixtures/goldens (and `--check` that they still reproduce).
 //! - `validate`: any GPT-2 (directory or hub id): extract goldens to target/, run all checkpoints.
+//! - `bench`: the reference and HF transformers timed side by side, with ratios.
 //! - `measure`: the reference model against committed goldens: the checkpoint error table.
 //! - `make-tiny-model`: the tiny GPT-2 fixture under fixtures/models, created and saved by HF.
 //! - `make-model`: a GPT-2 with the real shapes of distilgpt2, gpt2 or gpt2-medium (random weights).
 //!
 //! Python is embedded through pyo3 and used only here; the library and its tests need none.
 
+mod bench;
 mod check;
 mod extract;
 mod make_model;
@@ -79,6 +81,27 @@ enum Command {
         #[arg(long, default_value_t = Generation::default().new_tokens)]
         new_tokens: usize,
     },
+    /// Time the Rust reference and HF (eager and sdpa) on the same weights; print the table with ratios.
+    Bench {
+        /// A GPT-2 directory, e.g. target/models/gpt2 from `cargo xtask make-model --preset gpt2`.
+        #[arg(long)]
+        model: PathBuf,
+        /// Thread counts to measure (repeatable).
+        #[arg(long = "threads", default_values_t = [1, 2])]
+        threads: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// The Rust side of `bench`, run by it in a process of its own.
+    #[command(hide = true)]
+    BenchRust {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Run every checkpoint of the reference model against committed goldens and print the error table.
     Measure {
         /// Golden sets under this directory (<dir>/<model>/<slug>/manifest.yaml).
@@ -144,6 +167,8 @@ fn run(cli: Cli) -> Result<()> {
             let plans = plan(std::slice::from_ref(&model), &prompts, Generation { new_tokens, ..Generation::default() })?;
             validate::validate(&Venv::ensure()?, &model, plans, &Tolerances::load(&root.join(TOLERANCES))?)
         }
+        Command::Bench { model, threads, runs } => bench::bench(&Venv::ensure()?, &root.join(model), &threads, runs),
+        Command::BenchRust { model, threads, runs } => bench::bench_rust(&root.join(model), threads, runs),
         Command::Measure { goldens, verbose } => measure::measure(&root.join(goldens), &Tolerances::load(&root.join(TOLERANCES))?, verbose),
         Command::MakeTinyModel { out, seed } => make_model::make_model(&Venv::ensure()?, Preset::Tiny, &root.join(out), seed),
         Command::MakeModel { preset, seed, out } => {
