@@ -63,10 +63,13 @@ impl<'a> WeightFile<'a> {
         self.tensor(name, &[rows, cols])?.into_dimensionality().map_err(|e| Error::weights(&self.path, e.to_string()))
     }
 
-    /// `name.weight` [n_in, n_out] and `name.bias` [n_out]: HF's Conv1D stores the weight [in, out]
-    /// (the transpose of nn.Linear) and so does [`Conv1D`]; this is the one place the layout is read.
+    /// `name.weight` [n_in, n_out] and `name.bias` [n_out]. HF's Conv1D stores the weight [in, out]
+    /// (the transpose of nn.Linear); this is the one place that reads that layout, and it hands
+    /// [`Conv1D`] the weight transposed to [out, in].
     pub fn conv1d(&mut self, name: &str, n_in: usize, n_out: usize) -> Result<Conv1D> {
-        Ok(Conv1D { weight: self.matrix(&format!("{name}.weight"), n_in, n_out)?, bias: self.vector(&format!("{name}.bias"), n_out)? })
+        let stored = self.matrix(&format!("{name}.weight"), n_in, n_out)?; // [in, out]
+        let weight = stored.reversed_axes().as_standard_layout().into_owned(); // [out, in]
+        Ok(Conv1D { weight, bias: self.vector(&format!("{name}.bias"), n_out)? })
     }
 
     /// `name.weight` and `name.bias`, both [n].

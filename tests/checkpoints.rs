@@ -209,7 +209,12 @@ fn checkpoint_12_hello_gate() {
         candidate(&set).generate_greedy(&set.manifest.prompt.ids, set.manifest.generation.new_tokens).unwrap_or_else(|e| panic!("{e}"));
     let text = tokenizer.decode(&ids).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(text, set.manifest.generation.text, "decoded text differs from HF's");
-    println!("e2e gate: {}{text:?} ({} tokens equal to HF: {})", set.manifest.prompt.text, ids.len(), report.checks[0].detail);
+    println!(
+        "e2e gate: {:?} -> {text:?} ({} greedy tokens equal to HF's; {})",
+        set.manifest.prompt.text,
+        ids.len(),
+        report.checks[0].detail
+    );
     insta::assert_snapshot!("hello_gate", format!("{}{text}", set.manifest.prompt.text));
 }
 

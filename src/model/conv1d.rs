@@ -1,13 +1,16 @@
-//! HF's `Conv1D`: an affine map whose weight is stored [in, out], the transpose of `nn.Linear`.
+//! HF's `Conv1D`: the affine map of c_attn, c_proj, c_fc and mlp.c_proj.
 //!
-//! GPT-2 uses it for c_attn, c_proj, c_fc and mlp.c_proj. Keeping HF's [in, out] layout makes the
-//! forward pass a plain `x · W + b`; the only place that knows about the layout is here and
-//! [`crate::weights`], so a port that forgets the transpose fails checkpoint 02 or 05.
+//! HF stores its weight [in, out], the transpose of `nn.Linear`. The loader
+//! ([`crate::weights::WeightFile::conv1d`], the one place that knows) transposes it to [out, in],
+//! so that every matrix product of the model is the same `x · Wᵀ` with rows of W contiguous, the
+//! layout [`super::kernels`] streams fastest. A port that forgets HF's layout fails checkpoint 02.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
+use super::kernels;
+
 pub struct Conv1D {
-    /// [in, out], exactly as stored in model.safetensors.
+    /// [out, in]: HF's stored [in, out] weight, transposed at load.
     pub weight: Array2<f32>,
     /// [out]
     pub bias: Array1<f32>,
@@ -16,12 +19,8 @@ pub struct Conv1D {
 impl Conv1D {
     /// x [T, in] -> [T, out]
     pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let mut y = super::kernels::x_w(x.as_standard_layout().view(), self.weight.view()); // [T, out]
+        let mut y = kernels::x_wt(x.as_standard_layout().view(), self.weight.view()); // [T, out]
         y += &self.bias.view().insert_axis(Axis(0));
         y
-    }
-
-    pub fn n_out(&self) -> usize {
-        self.weight.ncols()
     }
 }

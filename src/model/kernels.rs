@@ -1,23 +1,23 @@
-//! The two matrix products of the forward pass, written for what GPT-2 inference does most: few rows
-//! (decode is T = 1, a short prefill T <= 16) against large weights. Such products are bound by
-//! how fast the weights stream from memory, so the kernels read every weight exactly once, in
-//! storage order, with the activations kept in cache:
+//! The one matrix product of the forward pass, y = x · Wᵀ with W [N, C] stored row-major: the
+//! tied lm_head over wte's rows, and every Conv1D layer, whose weights the loader transposes to
+//! this [out, in] layout (see [`crate::weights`]).
 //!
-//! - [`x_w`]: x [T, in] · W [in, out], HF's Conv1D layout: each row of W is added, scaled by x[t, i],
-//!   into y[t, :] (an axpy per weight row).
-//! - [`x_wt`]: x [T, C] · Wᵀ with W [N, C], the tied lm_head over wte's rows: one dot product per
-//!   weight row and token.
+//! GPT-2 inference mostly multiplies few rows (decode is T = 1, a short prefill T <= 16) by large
+//! weights. For those inputs each weight row is read once, in storage order:
+//! - decode is bound by memory bandwidth: one dot product per weight row, with 16 interleaved
+//!   partial sums, streams the weights at full speed;
+//! - a short prefill is bound by arithmetic: on x86-64 with AVX2 and FMA (checked at run time) it
+//!   works on tiles of 3 weight rows x 4 tokens whose partial sums stay in registers.
 //!
-//! Longer inputs go to ndarray's blocked GEMM (matrixmultiply), which wins once the weights are
-//! reused across many rows. On x86-64 with AVX2 and FMA (checked at run time) the same loops are
-//! compiled for those instructions. [`set_threads`] splits the weight rows or columns between
-//! threads (default 1).
+//! Longer inputs go to ndarray's blocked GEMM (matrixmultiply). [`set_threads`] splits the weight
+//! rows (or, for GEMM, the tokens) between threads; the default is 1. The summation order does
+//! not depend on the thread count.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, Axis, s};
 
-/// Up to this many rows, the streaming kernels; above it, GEMM.
+/// Up to this many tokens, the streaming kernels; above it, GEMM.
 const STREAMING_MAX_ROWS: usize = 16;
 
 static THREADS: AtomicUsize = AtomicUsize::new(1);
@@ -31,130 +31,52 @@ pub fn threads() -> usize {
     THREADS.load(Ordering::Relaxed)
 }
 
-/// x [T, in] · w [in, out] -> [T, out]
-pub fn x_w(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
-    let (t, n_in) = x.dim();
-    let n_out = w.ncols();
-    let (Some(x_s), Some(w_s)) = (x.as_slice(), w.as_slice()) else { return x.dot(&w) };
-    if t > STREAMING_MAX_ROWS {
-        return x.dot(&w);
-    }
-    let mut y = Array2::<f32>::zeros((t, n_out)); // [T, out]
-    let y_s = y.as_slice_mut().expect("a new array is contiguous");
-    // Each thread owns a range of output columns and streams its part of every weight row.
-    let ranges = split(n_out, threads(), 16);
-    let mut y_parts: Vec<Vec<f32>> = ranges.iter().map(|&(start, end)| vec![0.0f32; t * (end - start)]).collect(); // [T, end - start] each
-    std::thread::scope(|scope| {
-        let mut jobs = ranges.iter().zip(y_parts.iter_mut());
-        let first = jobs.next();
-        for (&(start, end), part) in jobs {
-            scope.spawn(move || axpy_rows(x_s, t, n_in, w_s, n_out, start, end, part));
-        }
-        if let Some((&(start, end), part)) = first {
-            axpy_rows(x_s, t, n_in, w_s, n_out, start, end, part);
-        }
-    });
-    join_columns(y_s, t, n_out, &ranges, &y_parts);
-    y
-}
-
 /// x [T, C] · wᵀ with w [N, C] -> [T, N]
 pub fn x_wt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
     let (t, c) = x.dim();
     let n = w.nrows();
+    let threads = threads();
     let (Some(x_s), Some(w_s)) = (x.as_slice(), w.as_slice()) else { return x.dot(&w.t()) };
     if t > STREAMING_MAX_ROWS {
-        return x.dot(&w.t());
+        // GEMM; with threads, each takes a block of tokens.
+        let mut y = Array2::<f32>::zeros((t, n)); // [T, N]
+        std::thread::scope(|scope| {
+            for ((start, end), mut block) in split(t, threads).into_iter().zip(y.axis_chunks_iter_mut(Axis(0), t.div_ceil(threads))) {
+                scope.spawn(move || block.assign(&x.slice(s![start..end, ..]).dot(&w.t())));
+            }
+        });
+        return y;
     }
-    // Computed as [N, T] (each weight row's dots with every token), transposed at the end.
-    let mut y_t = vec![0.0f32; n * t];
-    let ranges = split(n, threads(), 1);
+    // Streaming: [N, T], each thread a block of weight rows; transposed at the end.
+    let mut y_nt = vec![0.0f32; n * t];
     std::thread::scope(|scope| {
-        let mut rest: &mut [f32] = &mut y_t;
-        for (k, &(start, end)) in ranges.iter().enumerate() {
+        let mut rest: &mut [f32] = &mut y_nt;
+        let ranges = split(n, threads);
+        let last = ranges.len() - 1;
+        for (k, (start, end)) in ranges.into_iter().enumerate() {
             let (mine, tail) = rest.split_at_mut((end - start) * t);
             rest = tail;
             let w_part = &w_s[start * c..end * c];
-            if k + 1 == ranges.len() {
-                dot_rows(x_s, t, c, w_part, mine);
+            if k == last {
+                dot_rows(x_s, t, c, w_part, mine); // on this thread
             } else {
                 scope.spawn(move || dot_rows(x_s, t, c, w_part, mine));
             }
         }
     });
-    let y_nt = Array2::from_shape_vec((n, t), y_t).expect("n * t elements"); // [N, T]
-    y_nt.reversed_axes().as_standard_layout().into_owned() // [T, N]
-}
-
-/// `len` split into at most `parts` ranges, each a multiple of `align` long except the last.
-fn split(len: usize, parts: usize, align: usize) -> Vec<(usize, usize)> {
-    let parts = parts.clamp(1, len.div_ceil(align).max(1));
-    let chunk = len.div_ceil(parts).div_ceil(align) * align;
-    (0..parts).map(|p| (p * chunk).min(len)).map(|start| (start, (start + chunk).min(len))).filter(|(s, e)| s < e).collect()
-}
-
-fn join_columns(y: &mut [f32], t: usize, n_out: usize, ranges: &[(usize, usize)], parts: &[Vec<f32>]) {
-    for (&(start, end), part) in ranges.iter().zip(parts) {
-        let width = end - start;
-        for row in 0..t {
-            y[row * n_out + start..row * n_out + end].copy_from_slice(&part[row * width..(row + 1) * width]);
+    let mut y = Array2::<f32>::zeros((t, n)); // [T, N]
+    for (j, dots) in y_nt.chunks_exact(t).enumerate() {
+        for (i, &v) in dots.iter().enumerate() {
+            y[[i, j]] = v;
         }
     }
+    y
 }
 
-/// y [T, end - start] += x [T, in] · w [in, start..end]: streams the weight rows in order.
-#[allow(clippy::too_many_arguments)]
-fn axpy_rows(x: &[f32], t: usize, n_in: usize, w: &[f32], n_out: usize, start: usize, end: usize, y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { axpy_rows_avx2(x, t, n_in, w, n_out, start, end, y) };
-    }
-    axpy_rows_impl::<false>(x, t, n_in, w, n_out, start, end, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn axpy_rows_avx2(x: &[f32], t: usize, n_in: usize, w: &[f32], n_out: usize, start: usize, end: usize, y: &mut [f32]) {
-    axpy_rows_impl::<true>(x, t, n_in, w, n_out, start, end, y)
-}
-
-#[inline(always)]
-fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA { a.mul_add(b, c) } else { a * b + c }
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn axpy_rows_impl<const FMA: bool>(x: &[f32], t: usize, n_in: usize, w: &[f32], n_out: usize, start: usize, end: usize, y: &mut [f32]) {
-    let width = end - start;
-    // Four weight rows at a time: each y element is loaded and stored once per four rows.
-    let mut i = 0;
-    while i + 4 <= n_in {
-        let w0 = &w[i * n_out + start..i * n_out + end];
-        let w1 = &w[(i + 1) * n_out + start..(i + 1) * n_out + end];
-        let w2 = &w[(i + 2) * n_out + start..(i + 2) * n_out + end];
-        let w3 = &w[(i + 3) * n_out + start..(i + 3) * n_out + end];
-        for row in 0..t {
-            let xr = &x[row * n_in + i..row * n_in + i + 4];
-            let (a0, a1, a2, a3) = (xr[0], xr[1], xr[2], xr[3]);
-            let yr = &mut y[row * width..(row + 1) * width];
-            for ((((yj, &b0), &b1), &b2), &b3) in yr.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
-                *yj = fmadd::<FMA>(a3, b3, fmadd::<FMA>(a2, b2, fmadd::<FMA>(a1, b1, fmadd::<FMA>(a0, b0, *yj))));
-            }
-        }
-        i += 4;
-    }
-    for i in i..n_in {
-        let wi = &w[i * n_out + start..i * n_out + end];
-        for row in 0..t {
-            let a = x[row * n_in + i];
-            for (yj, &b) in y[row * width..(row + 1) * width].iter_mut().zip(wi) {
-                *yj = fmadd::<FMA>(a, b, *yj);
-            }
-        }
-    }
+/// `len` split into at most `parts` non-empty ranges.
+fn split(len: usize, parts: usize) -> Vec<(usize, usize)> {
+    let chunk = len.div_ceil(parts.clamp(1, len.max(1)));
+    (0..len).step_by(chunk.max(1)).map(|start| (start, (start + chunk).min(len))).collect()
 }
 
 /// y [rows, T]: the dot product of every row of w [rows, C] with every row of x [T, C].
@@ -162,65 +84,164 @@ fn dot_rows(x: &[f32], t: usize, c: usize, w: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { dot_rows_avx2(x, t, c, w, y) };
+        return unsafe { avx2::dot_rows(x, t, c, w, y) };
     }
-    dot_rows_impl::<false>(x, t, c, w, y)
+    for (wr, yr) in w.chunks_exact(c).zip(y.chunks_exact_mut(t)) {
+        for (out, xr) in yr.iter_mut().zip(x.chunks_exact(c)) {
+            *out = dot::<false>(wr, xr);
+        }
+    }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_rows_avx2(x: &[f32], t: usize, c: usize, w: &[f32], y: &mut [f32]) {
-    dot_rows_impl::<true>(x, t, c, w, y)
-}
-
-/// Lanes of partial sums: enough independent accumulators for the vector units to stay busy.
+/// Lanes of partial sums in [`dot`]: enough independent accumulators to keep the vector units busy.
 const LANES: usize = 16;
 
+/// w · x, with LANES interleaved partial sums (the order HF's BLAS does not promise either).
 #[inline(always)]
-fn dot_rows_impl<const FMA: bool>(x: &[f32], t: usize, c: usize, w: &[f32], y: &mut [f32]) {
-    for (wr, yr) in w.chunks_exact(c).zip(y.chunks_exact_mut(t)) {
-        for (row, out) in yr.iter_mut().enumerate() {
-            let xr = &x[row * c..(row + 1) * c];
-            let mut acc = [0.0f32; LANES];
-            let (w_main, w_tail) = wr.split_at(c - c % LANES);
-            let (x_main, x_tail) = xr.split_at(c - c % LANES);
-            for (wc, xc) in w_main.chunks_exact(LANES).zip(x_main.chunks_exact(LANES)) {
-                for k in 0..LANES {
-                    acc[k] = fmadd::<FMA>(wc[k], xc[k], acc[k]);
+fn dot<const FMA: bool>(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (wc, xc) = (w.chunks_exact(LANES), x.chunks_exact(LANES));
+    let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * b).sum();
+    for (wl, xl) in wc.zip(xc) {
+        for l in 0..LANES {
+            acc[l] = fmadd::<FMA>(wl[l], xl[l], acc[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// The AVX2 + FMA kernels. Decode (T = 1) is bound by memory and the portable [`dot`] loop,
+/// compiled for these instructions, streams at full speed. Prefill is bound by arithmetic: it
+/// works on tiles of 3 weight rows x 4 tokens whose 12 partial sums stay in registers, so that
+/// every load feeds 3 or 4 fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    const TILE_ROWS: usize = 3;
+    const TILE_TOKENS: usize = 4;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_rows(x: &[f32], t: usize, c: usize, w: &[f32], y: &mut [f32]) {
+        let rows = w.len() / c;
+        if t == 1 {
+            for (wr, out) in w.chunks_exact(c).zip(y.iter_mut()) {
+                *out = super::dot::<true>(wr, x);
+            }
+            return;
+        }
+        let w_row = |r: usize| &w[r * c..(r + 1) * c];
+        let x_row = |i: usize| &x[i * c..(i + 1) * c];
+        let mut r = 0;
+        while r < rows {
+            let mut i = 0;
+            while i < t {
+                // SAFETY (all four calls): every slice is one full row of length c.
+                if rows - r >= TILE_ROWS && t - i >= TILE_TOKENS {
+                    let tile = unsafe {
+                        tile::<TILE_ROWS, TILE_TOKENS>(
+                            [w_row(r), w_row(r + 1), w_row(r + 2)],
+                            [x_row(i), x_row(i + 1), x_row(i + 2), x_row(i + 3)],
+                        )
+                    };
+                    store(y, t, r, i, tile);
+                    i += TILE_TOKENS;
+                } else if rows - r >= TILE_ROWS {
+                    let tile = unsafe { tile::<TILE_ROWS, 1>([w_row(r), w_row(r + 1), w_row(r + 2)], [x_row(i)]) };
+                    store(y, t, r, i, tile);
+                    i += 1;
+                } else if t - i >= TILE_TOKENS {
+                    let tile = unsafe { tile::<1, TILE_TOKENS>([w_row(r)], [x_row(i), x_row(i + 1), x_row(i + 2), x_row(i + 3)]) };
+                    store(y, t, r, i, tile);
+                    i += TILE_TOKENS;
+                } else {
+                    store(y, t, r, i, unsafe { tile::<1, 1>([w_row(r)], [x_row(i)]) });
+                    i += 1;
                 }
             }
-            let mut sum: f32 = acc.iter().sum();
-            for (&a, &b) in w_tail.iter().zip(x_tail) {
-                sum = fmadd::<FMA>(a, b, sum);
-            }
-            *out = sum;
+            r += if rows - r >= TILE_ROWS { TILE_ROWS } else { 1 };
         }
+    }
+
+    /// y [rows, T] at rows r.., tokens i.. = the tile.
+    #[inline(always)]
+    fn store<const R: usize, const N: usize>(y: &mut [f32], t: usize, r: usize, i: usize, tile: [[f32; N]; R]) {
+        for (o, sums) in tile.iter().enumerate() {
+            y[(r + o) * t + i..(r + o) * t + i + N].copy_from_slice(sums);
+        }
+    }
+
+    /// The R x N dot products of R weight rows with N token rows, all of one length.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA, and every slice must have the same length.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const R: usize, const N: usize>(w: [&[f32]; R], x: [&[f32]; N]) -> [[f32; N]; R] {
+        let c = w[0].len();
+        debug_assert!(w.iter().all(|r| r.len() == c) && x.iter().all(|r| r.len() == c));
+        let main = c - c % 8;
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        let mut k = 0;
+        while k < main {
+            let mut wv = [_mm256_setzero_ps(); R];
+            for o in 0..R {
+                // SAFETY: k + 8 <= main <= c, the length of every row.
+                wv[o] = unsafe { _mm256_loadu_ps(w[o].as_ptr().add(k)) };
+            }
+            for n in 0..N {
+                // SAFETY: as above.
+                let xn = unsafe { _mm256_loadu_ps(x[n].as_ptr().add(k)) };
+                for o in 0..R {
+                    acc[o][n] = _mm256_fmadd_ps(wv[o], xn, acc[o][n]);
+                }
+            }
+            k += 8;
+        }
+        let mut out = [[0.0f32; N]; R];
+        for o in 0..R {
+            for n in 0..N {
+                let mut lanes = [0.0f32; 8];
+                // SAFETY: lanes holds 8 floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[o][n]) };
+                let tail: f32 = w[o][main..].iter().zip(&x[n][main..]).map(|(a, b)| a * b).sum();
+                out[o][n] = lanes.iter().sum::<f32>() + tail;
+            }
+        }
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array2;
 
     fn ramp(rows: usize, cols: usize, scale: f32) -> Array2<f32> {
         Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 31 + j * 17) % 23) as f32 * scale - 0.5)
     }
 
     #[test]
-    fn streaming_kernels_agree_with_gemm_for_any_thread_count() {
+    fn every_path_agrees_with_ndarray_for_any_thread_count() {
         for threads in [1, 2, 3] {
             set_threads(threads);
-            for t in [1, 3, 16] {
+            for t in [1, 2, 5, 16, 17, 40] {
                 let x = ramp(t, 37, 0.05);
-                let w = ramp(37, 50, 0.03);
-                let diff = (&x_w(x.view(), w.view()) - &x.dot(&w)).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
-                assert!(diff < 1e-5, "x_w, {threads} threads, T={t}: {diff}");
-                let wt = ramp(41, 37, 0.02);
-                let diff = (&x_wt(x.view(), wt.view()) - &x.dot(&wt.t())).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
-                assert!(diff < 1e-5, "x_wt, {threads} threads, T={t}: {diff}");
+                let w = ramp(41, 37, 0.02);
+                let diff = (&x_wt(x.view(), w.view()) - &x.dot(&w.t())).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
+                assert!(diff < 1e-5, "{threads} threads, T={t}: {diff}");
             }
         }
         set_threads(1);
+    }
+
+    #[test]
+    fn split_covers_the_range_once() {
+        assert_eq!(split(10, 3), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(split(2, 4), vec![(0, 1), (1, 2)]);
+        assert_eq!(split(5, 1), vec![(0, 5)]);
     }
 }
