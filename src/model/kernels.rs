@@ -7,7 +7,7 @@
 //! - decode is bound by memory bandwidth: one dot product per weight row, with 16 interleaved
 //!   partial sums, streams the weights at full speed;
 //! - a short prefill is bound by arithmetic: on x86-64 with AVX2 and FMA (checked at run time) it
-//!   works on tiles of 3 weight rows x 4 tokens whose partial sums stay in registers.
+//!   works on tiles of 3 weight rows x 4 tokens whose 12 partial sums stay in registers.
 //!
 //! Longer inputs go to ndarray's blocked GEMM (matrixmultiply). [`set_threads`] splits the weight
 //! rows (or, for GEMM, the tokens) between threads; the default is 1. The summation order does
@@ -117,8 +117,9 @@ fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 /// The AVX2 + FMA kernels. Decode (T = 1) is bound by memory and the portable [`dot`] loop,
 /// compiled for these instructions, streams at full speed. Prefill is bound by arithmetic: it
-/// works on tiles of 3 weight rows x 4 tokens whose 12 partial sums stay in registers, so that
-/// every load feeds 3 or 4 fused multiply-adds.
+/// works on tiles of TILE_ROWS weight rows x TILE_TOKENS tokens whose partial sums stay in
+/// registers, so that every load feeds several fused multiply-adds, and prefetches the weight rows
+/// two tiles ahead.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -135,36 +136,26 @@ mod avx2 {
             }
             return;
         }
-        let w_row = |r: usize| &w[r * c..(r + 1) * c];
-        let x_row = |i: usize| &x[i * c..(i + 1) * c];
+        let w_rows = |r: usize| -> [&[f32]; TILE_ROWS] { std::array::from_fn(|k| &w[(r + k) * c..(r + k + 1) * c]) };
+        let x_rows = |i: usize| -> [&[f32]; TILE_TOKENS] { std::array::from_fn(|k| &x[(i + k) * c..(i + k + 1) * c]) };
+        let (w_row, x_row) = (|r: usize| [&w[r * c..(r + 1) * c]], |i: usize| [&x[i * c..(i + 1) * c]]);
         let mut r = 0;
         while r < rows {
+            let full_rows = rows - r >= TILE_ROWS;
             let mut i = 0;
             while i < t {
-                // SAFETY (all four calls): every slice is one full row of length c.
-                if rows - r >= TILE_ROWS && t - i >= TILE_TOKENS {
-                    let tile = unsafe {
-                        tile::<TILE_ROWS, TILE_TOKENS>(
-                            [w_row(r), w_row(r + 1), w_row(r + 2)],
-                            [x_row(i), x_row(i + 1), x_row(i + 2), x_row(i + 3)],
-                        )
-                    };
-                    store(y, t, r, i, tile);
-                    i += TILE_TOKENS;
-                } else if rows - r >= TILE_ROWS {
-                    let tile = unsafe { tile::<TILE_ROWS, 1>([w_row(r), w_row(r + 1), w_row(r + 2)], [x_row(i)]) };
-                    store(y, t, r, i, tile);
-                    i += 1;
-                } else if t - i >= TILE_TOKENS {
-                    let tile = unsafe { tile::<1, TILE_TOKENS>([w_row(r)], [x_row(i), x_row(i + 1), x_row(i + 2), x_row(i + 3)]) };
-                    store(y, t, r, i, tile);
-                    i += TILE_TOKENS;
-                } else {
-                    store(y, t, r, i, unsafe { tile::<1, 1>([w_row(r)], [x_row(i)]) });
-                    i += 1;
+                let full_tokens = t - i >= TILE_TOKENS;
+                // SAFETY (all four calls): the CPU has AVX2 and FMA (the caller checked) and every
+                // slice is one full row of length c.
+                match (full_rows, full_tokens) {
+                    (true, true) => store(y, t, r, i, unsafe { tile(w_rows(r), x_rows(i)) }),
+                    (true, false) => store(y, t, r, i, unsafe { tile(w_rows(r), x_row(i)) }),
+                    (false, true) => store(y, t, r, i, unsafe { tile(w_row(r), x_rows(i)) }),
+                    (false, false) => store(y, t, r, i, unsafe { tile(w_row(r), x_row(i)) }),
                 }
+                i += if full_tokens { TILE_TOKENS } else { 1 };
             }
-            r += if rows - r >= TILE_ROWS { TILE_ROWS } else { 1 };
+            r += if full_rows { TILE_ROWS } else { 1 };
         }
     }
 
@@ -189,6 +180,12 @@ mod avx2 {
         let mut k = 0;
         while k < main {
             let mut wv = [_mm256_setzero_ps(); R];
+            if k % 16 == 0 {
+                for row in &w {
+                    // The same place two tiles on: rows follow each other in memory.
+                    _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(k + 2 * R * c) as *const i8);
+                }
+            }
             for o in 0..R {
                 // SAFETY: k + 8 <= main <= c, the length of every row.
                 wv[o] = unsafe { _mm256_loadu_ps(w[o].as_ptr().add(k)) };
