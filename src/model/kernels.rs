@@ -2,68 +2,59 @@
 //! tied lm_head over wte's rows, and every Conv1D layer, whose weights the loader transposes to
 //! this [out, in] layout (see [`crate::weights`]).
 //!
-//! GPT-2 inference mostly multiplies few rows (decode is T = 1, a short prefill T <= 16) by large
-//! weights. For those inputs each weight row is read once, in storage order:
-//! - decode is bound by memory bandwidth: one dot product per weight row, with 16 interleaved
-//!   partial sums, streams the weights at full speed;
-//! - a short prefill is bound by arithmetic: on x86-64 with AVX2 and FMA (checked at run time) it
-//!   works on tiles of 3 weight rows x 4 tokens whose 12 partial sums stay in registers.
+//! GPT-2 inference multiplies activations by large weights that are read far more often than
+//! they fit in cache, so each weight row is read once per call, in storage order:
+//! - decode (T = 1) is bound by memory bandwidth: one dot product per weight row, with 16
+//!   interleaved partial sums, streams the weights at full speed;
+//! - prefill is bound by arithmetic: on x86-64 with AVX2 and FMA (checked at run time) it works on
+//!   tiles of 3 weight rows x 4 tokens whose 12 partial sums stay in registers, with tokens taken
+//!   in blocks of [`TOKEN_BLOCK`] so that a block of activations stays in L2 while the weights
+//!   stream past it. (A GEMM such as matrixmultiply re-packs the whole weight matrix on every call;
+//!   measured on GPT-2 small, that packing cost as much as the arithmetic.)
 //!
-//! Longer inputs go to ndarray's blocked GEMM (matrixmultiply). [`set_threads`] splits the weight
-//! rows (or, for GEMM, the tokens) between threads; the default is 1. The summation order does
-//! not depend on the thread count.
+//! [`set_threads`] splits the weight rows between the threads of a pool; the default is 1. The
+//! summation order does not depend on the thread count.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
-use ndarray::{Array2, ArrayView2, Axis, s};
+use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 
-/// Up to this many tokens, the streaming kernels; above it, GEMM.
-const STREAMING_MAX_ROWS: usize = 16;
+/// Tokens per block: 64 rows of activations (C = 1024: 256 KB) stay in a 512 KB+ L2 cache.
+const TOKEN_BLOCK: usize = 64;
 
-static THREADS: AtomicUsize = AtomicUsize::new(1);
+/// The pool the kernels run on; None: the calling thread alone.
+static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
 
-/// How many threads the kernels use (at least 1).
+/// How many threads the kernels use (1: the calling thread, no pool).
 pub fn set_threads(threads: usize) {
-    THREADS.store(threads.max(1), Ordering::Relaxed);
+    let pool = (threads > 1).then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build().ok().map(Arc::new)).flatten();
+    *POOL.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = pool;
 }
 
 pub fn threads() -> usize {
-    THREADS.load(Ordering::Relaxed)
+    POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map_or(1, |p| p.current_num_threads())
 }
 
 /// x [T, C] · wᵀ with w [N, C] -> [T, N]
 pub fn x_wt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
     let (t, c) = x.dim();
     let n = w.nrows();
-    let threads = threads();
-    let (Some(x_s), Some(w_s)) = (x.as_slice(), w.as_slice()) else { return x.dot(&w.t()) };
-    if t > STREAMING_MAX_ROWS {
-        // GEMM; with threads, each takes a block of tokens.
-        let mut y = Array2::<f32>::zeros((t, n)); // [T, N]
-        std::thread::scope(|scope| {
-            for ((start, end), mut block) in split(t, threads).into_iter().zip(y.axis_chunks_iter_mut(Axis(0), t.div_ceil(threads))) {
-                scope.spawn(move || block.assign(&x.slice(s![start..end, ..]).dot(&w.t())));
-            }
-        });
-        return y;
-    }
-    // Streaming: [N, T], each thread a block of weight rows; transposed at the end.
-    let mut y_nt = vec![0.0f32; n * t];
-    std::thread::scope(|scope| {
-        let mut rest: &mut [f32] = &mut y_nt;
-        let ranges = split(n, threads);
-        let last = ranges.len() - 1;
-        for (k, (start, end)) in ranges.into_iter().enumerate() {
-            let (mine, tail) = rest.split_at_mut((end - start) * t);
-            rest = tail;
-            let w_part = &w_s[start * c..end * c];
-            if k == last {
-                dot_rows(x_s, t, c, w_part, mine); // on this thread
-            } else {
-                scope.spawn(move || dot_rows(x_s, t, c, w_part, mine));
-            }
+    let (x, w) = (x.as_standard_layout(), w.as_standard_layout());
+    let (Some(x_s), Some(w_s)) = (x.as_slice(), w.as_slice()) else { unreachable!("standard layout is contiguous") };
+    let mut y_nt = vec![0.0f32; n * t]; // [N, T]: each weight row's dots with every token
+    let pool = POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    match pool {
+        None => dot_rows(x_s, t, c, w_s, &mut y_nt),
+        Some(pool) => {
+            let rows_per_part = n.div_ceil(pool.current_num_threads()).max(1);
+            pool.install(|| {
+                y_nt.par_chunks_mut(rows_per_part * t)
+                    .zip(w_s.par_chunks(rows_per_part * c))
+                    .for_each(|(y_part, w_part)| dot_rows(x_s, t, c, w_part, y_part))
+            });
         }
-    });
+    }
     let mut y = Array2::<f32>::zeros((t, n)); // [T, N]
     for (j, dots) in y_nt.chunks_exact(t).enumerate() {
         for (i, &v) in dots.iter().enumerate() {
@@ -71,12 +62,6 @@ pub fn x_wt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
         }
     }
     y
-}
-
-/// `len` split into at most `parts` non-empty ranges.
-fn split(len: usize, parts: usize) -> Vec<(usize, usize)> {
-    let chunk = len.div_ceil(parts.clamp(1, len.max(1)));
-    (0..len).step_by(chunk.max(1)).map(|start| (start, (start + chunk).min(len))).collect()
 }
 
 /// y [rows, T]: the dot product of every row of w [rows, C] with every row of x [T, C].
@@ -139,23 +124,26 @@ mod avx2 {
         let w_rows = |r: usize| -> [&[f32]; TILE_ROWS] { std::array::from_fn(|k| &w[(r + k) * c..(r + k + 1) * c]) };
         let x_rows = |i: usize| -> [&[f32]; TILE_TOKENS] { std::array::from_fn(|k| &x[(i + k) * c..(i + k + 1) * c]) };
         let (w_row, x_row) = (|r: usize| [&w[r * c..(r + 1) * c]], |i: usize| [&x[i * c..(i + 1) * c]]);
-        let mut r = 0;
-        while r < rows {
-            let full_rows = rows - r >= TILE_ROWS;
-            let mut i = 0;
-            while i < t {
-                let full_tokens = t - i >= TILE_TOKENS;
-                // SAFETY (all four calls): the CPU has AVX2 and FMA (the caller checked) and every
-                // slice is one full row of length c.
-                match (full_rows, full_tokens) {
-                    (true, true) => store(y, t, r, i, unsafe { tile(w_rows(r), x_rows(i)) }),
-                    (true, false) => store(y, t, r, i, unsafe { tile(w_rows(r), x_row(i)) }),
-                    (false, true) => store(y, t, r, i, unsafe { tile(w_row(r), x_rows(i)) }),
-                    (false, false) => store(y, t, r, i, unsafe { tile(w_row(r), x_row(i)) }),
+        for block in (0..t).step_by(super::TOKEN_BLOCK) {
+            let block_end = (block + super::TOKEN_BLOCK).min(t);
+            let mut r = 0;
+            while r < rows {
+                let full_rows = rows - r >= TILE_ROWS;
+                let mut i = block;
+                while i < block_end {
+                    let full_tokens = block_end - i >= TILE_TOKENS;
+                    // SAFETY (all four calls): the CPU has AVX2 and FMA (the caller checked) and every
+                    // slice is one full row of length c.
+                    match (full_rows, full_tokens) {
+                        (true, true) => store(y, t, r, i, unsafe { tile(w_rows(r), x_rows(i)) }),
+                        (true, false) => store(y, t, r, i, unsafe { tile(w_rows(r), x_row(i)) }),
+                        (false, true) => store(y, t, r, i, unsafe { tile(w_row(r), x_rows(i)) }),
+                        (false, false) => store(y, t, r, i, unsafe { tile(w_row(r), x_row(i)) }),
+                    }
+                    i += if full_tokens { TILE_TOKENS } else { 1 };
                 }
-                i += if full_tokens { TILE_TOKENS } else { 1 };
+                r += if full_rows { TILE_ROWS } else { 1 };
             }
-            r += if full_rows { TILE_ROWS } else { 1 };
         }
     }
 
@@ -225,7 +213,7 @@ mod tests {
     fn every_path_agrees_with_ndarray_for_any_thread_count() {
         for threads in [1, 2, 3] {
             set_threads(threads);
-            for t in [1, 2, 5, 16, 17, 40] {
+            for t in [1, 2, 5, 16, 17, 70, 130] {
                 let x = ramp(t, 37, 0.05);
                 let w = ramp(41, 37, 0.02);
                 let diff = (&x_wt(x.view(), w.view()) - &x.dot(&w.t())).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
@@ -233,12 +221,5 @@ mod tests {
             }
         }
         set_threads(1);
-    }
-
-    #[test]
-    fn split_covers_the_range_once() {
-        assert_eq!(split(10, 3), vec![(0, 4), (4, 8), (8, 10)]);
-        assert_eq!(split(2, 4), vec![(0, 1), (1, 2)]);
-        assert_eq!(split(5, 1), vec![(0, 5)]);
     }
 }
