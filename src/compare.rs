@@ -58,6 +58,8 @@ pub struct Comparison {
     pub max_abs: f64,
     pub max_rel: f64,
     pub nmse: f64,
+    /// The smallest allowed / actual error over the elements (inf when every error is 0).
+    pub headroom: f64,
     /// The worst elements, by how far they exceed the tolerance (at most [`Comparison::WORST`]).
     pub worst: Vec<Pair>,
 }
@@ -67,11 +69,6 @@ impl Comparison {
 
     pub fn passed(&self) -> bool {
         self.violations == 0
-    }
-
-    /// How many times the largest error fits in atol (inf when there is no error).
-    pub fn headroom(&self) -> f64 {
-        if self.max_abs == 0.0 { f64::INFINITY } else { self.tolerance.atol / self.max_abs }
     }
 
     /// A one-line summary: `max abs 1.2e-7 (atol 1e-4), max rel 3e-6, NMSE 1e-14, 0/96 outside`.
@@ -116,6 +113,7 @@ pub fn compare(what: &str, ours: ArrayViewD<f32>, golden: ArrayViewD<f32>, toler
         max_abs: 0.0,
         max_rel: 0.0,
         nmse: 0.0,
+        headroom: f64::INFINITY,
         worst: Vec::new(),
     };
     let (mut err2, mut ref2) = (0.0f64, 0.0f64);
@@ -140,7 +138,11 @@ pub fn compare(what: &str, ours: ArrayViewD<f32>, golden: ArrayViewD<f32>, toler
             }
             err2 += abs * abs;
             ref2 += g64 * g64;
-            abs - (tolerance.atol + tolerance.rtol * g64.abs())
+            let allowed = tolerance.atol + tolerance.rtol * g64.abs();
+            if abs > 0.0 {
+                c.headroom = c.headroom.min(allowed / abs);
+            }
+            abs - allowed
         };
         if excess > 0.0 {
             c.violations += 1;
@@ -151,6 +153,9 @@ pub fn compare(what: &str, ours: ArrayViewD<f32>, golden: ArrayViewD<f32>, toler
             worst.insert(at, (excess, pair));
             worst.truncate(Comparison::WORST);
         }
+    }
+    if c.violations > 0 {
+        c.headroom = c.headroom.min(0.0);
     }
     if c.violations > 0 && c.max_abs == 0.0 {
         c.max_abs = f64::INFINITY; // only mask or NaN/Inf mismatches

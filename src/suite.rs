@@ -511,8 +511,10 @@ pub struct SummaryRow {
     pub max_abs: f64,
     /// The atol in force where max_abs was measured.
     pub atol: f64,
+    /// The largest rtol in force.
+    pub rtol: f64,
     pub max_nmse: f64,
-    /// The smallest atol / |error| over the float comparisons (inf when every error is 0).
+    /// The smallest allowed / actual error over the float comparisons (inf when every error is 0).
     pub headroom: f64,
     /// How many id tensors were compared exactly.
     pub exact: usize,
@@ -532,6 +534,7 @@ pub fn summarize(reports: &[CheckpointReport]) -> Vec<SummaryRow> {
                     failed: 0,
                     max_abs: 0.0,
                     atol: f64::NAN,
+                    rtol: 0.0,
                     max_nmse: 0.0,
                     headroom: f64::INFINITY,
                     exact: 0,
@@ -549,7 +552,8 @@ pub fn summarize(reports: &[CheckpointReport]) -> Vec<SummaryRow> {
                         row.atol = c.tolerance.atol;
                     }
                     row.max_nmse = row.max_nmse.max(c.nmse);
-                    row.headroom = row.headroom.min(c.headroom());
+                    row.rtol = row.rtol.max(c.tolerance.rtol);
+                    row.headroom = row.headroom.min(c.headroom);
                 }
                 None => row.exact += 1,
             }
@@ -562,14 +566,15 @@ pub fn summarize(reports: &[CheckpointReport]) -> Vec<SummaryRow> {
 /// The summary as a markdown table.
 pub fn summary_table(rows: &[SummaryRow]) -> String {
     let mut out =
-        String::from("| checkpoint | mode | status | max abs error | atol | headroom | max NMSE |\n|---|---|---|---|---|---|---|\n");
+        String::from("| checkpoint | mode | status | max abs error | tolerance | headroom | max NMSE |\n|---|---|---|---|---|---|---|\n");
     for r in rows {
         let status = if r.failed == 0 { format!("pass ({})", r.checks) } else { format!("FAIL ({}/{})", r.failed, r.checks) };
         let (max_abs, atol, headroom, nmse) = if r.atol.is_nan() {
             ("ids exact".to_string(), "exact".to_string(), "-".to_string(), "-".to_string())
         } else {
-            let headroom = if r.headroom.is_infinite() { "exact".to_string() } else { format!("{:.0}x", r.headroom) };
-            (format!("{:.2e}", r.max_abs), format!("{:.0e}", r.atol), headroom, format!("{:.1e}", r.max_nmse))
+            let headroom = if r.headroom.is_infinite() { "exact".to_string() } else { format!("{:.1}x", r.headroom) };
+            let tolerance = if r.rtol > 0.0 { format!("{:.0e} + {:.0e}·abs(golden)", r.atol, r.rtol) } else { format!("{:.0e}", r.atol) };
+            (format!("{:.2e}", r.max_abs), tolerance, headroom, format!("{:.1e}", r.max_nmse))
         };
         let mode = match r.mode {
             Mode::Isolated => "isolated",
