@@ -65,47 +65,47 @@ fn assert_passes(report: CheckpointReport) {
     assert!(report.passed(), "{}", report.message());
 }
 
-#[rstest]
-fn checkpoint_00_embeddings(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::Embeddings, None, mode));
+/// A test per golden set, layer and mode: `$name::manifest_N_..::layer_..::mode_..`.
+macro_rules! per_layer {
+    ($($name:ident => $checkpoint:expr;)*) => {$(
+        #[rstest]
+        fn $name(
+            #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
+            #[values(0, 1, 2)] layer: usize,
+            #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
+        ) {
+            assert_passes(check(&manifest, $checkpoint, Some(layer), mode));
+        }
+    )*};
 }
 
-#[rstest]
-fn checkpoint_01_layernorm(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(0, 1, 2)] layer: usize,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::LayerNorm, Some(layer), mode));
+/// A test per golden set and mode for a checkpoint's model-level tensors.
+macro_rules! model_level {
+    ($($name:ident => $checkpoint:expr;)*) => {$(
+        #[rstest]
+        fn $name(#[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf, #[values(Mode::Isolated, Mode::Chained)] mode: Mode) {
+            assert_passes(check(&manifest, $checkpoint, None, mode));
+        }
+    )*};
 }
 
-#[rstest]
-fn checkpoint_01_layernorm_ln_f(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::LayerNorm, None, mode));
+per_layer! {
+    checkpoint_01_layernorm => Checkpoint::LayerNorm;
+    checkpoint_02_qkv => Checkpoint::Qkv;
+    checkpoint_03_kv_cache => Checkpoint::KvCache;
+    checkpoint_04_attn_scores => Checkpoint::AttnScores;
+    checkpoint_05_attn_output => Checkpoint::AttnOutput;
+    checkpoint_06_ffn => Checkpoint::Ffn;
+    checkpoint_07_block => Checkpoint::Block;
 }
 
-#[rstest]
-fn checkpoint_02_qkv(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(0, 1, 2)] layer: usize,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::Qkv, Some(layer), mode));
-}
-
-#[rstest]
-fn checkpoint_03_kv_cache(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(0, 1, 2)] layer: usize,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::KvCache, Some(layer), mode));
+model_level! {
+    checkpoint_00_embeddings => Checkpoint::Embeddings;
+    checkpoint_01_layernorm_ln_f => Checkpoint::LayerNorm;
+    checkpoint_08_logits => Checkpoint::Logits;
+    checkpoint_09_selected_logits => Checkpoint::SelectedLogits;
+    checkpoint_10_argmax => Checkpoint::Argmax;
+    checkpoint_11_softmax => Checkpoint::Softmax;
 }
 
 /// HF's logits at each cached decode step (needs the whole model: chained only).
@@ -119,74 +119,6 @@ fn checkpoint_03_kv_cache_matches_recompute(#[files("fixtures/goldens/*/*/manife
     let set = golden_set(&manifest);
     let run = chained_run(&set);
     assert_passes(suite::check_cache_matches_recompute(&mut candidate(&set), &run, &set, &tolerances()));
-}
-
-#[rstest]
-fn checkpoint_04_attn_scores(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(0, 1, 2)] layer: usize,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::AttnScores, Some(layer), mode));
-}
-
-#[rstest]
-fn checkpoint_05_attn_output(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(0, 1, 2)] layer: usize,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::AttnOutput, Some(layer), mode));
-}
-
-#[rstest]
-fn checkpoint_06_ffn(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(0, 1, 2)] layer: usize,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::Ffn, Some(layer), mode));
-}
-
-#[rstest]
-fn checkpoint_07_block(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(0, 1, 2)] layer: usize,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::Block, Some(layer), mode));
-}
-
-#[rstest]
-fn checkpoint_08_logits(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::Logits, None, mode));
-}
-
-#[rstest]
-fn checkpoint_09_selected_logits(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::SelectedLogits, None, mode));
-}
-
-#[rstest]
-fn checkpoint_10_argmax(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::Argmax, None, mode));
-}
-
-#[rstest]
-fn checkpoint_11_softmax(
-    #[files("fixtures/goldens/*/*/manifest.yaml")] manifest: PathBuf,
-    #[values(Mode::Isolated, Mode::Chained)] mode: Mode,
-) {
-    assert_passes(check(&manifest, Checkpoint::Softmax, None, mode));
 }
 
 #[rstest]
