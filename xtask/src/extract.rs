@@ -97,7 +97,7 @@ pub fn extract_all(venv: &Venv, plans: &[SetPlan], staging_parent: &Path) -> Res
 }
 
 /// A relative directory is relative to the repository, whatever the current directory.
-fn resolve_source(source: &str) -> String {
+pub fn resolve_source(source: &str) -> String {
     let path = crate::project_root().join(source);
     if !Path::new(source).is_absolute() && path.is_dir() { path_str(&path) } else { source.to_string() }
 }

@@ -22,7 +22,7 @@ use crate::python::{Venv, python_error};
 pub fn validate(venv: &Venv, source: &str, plans: Vec<SetPlan>, tolerances: &Tolerances) -> Result<()> {
     let start = Instant::now();
     let model_dir: String = venv.with_reference(|py, reference| {
-        reference.call_method1("local_dir", (source,)).and_then(|d| d.extract()).map_err(|e| python_error(py, e))
+        reference.call_method1("local_dir", (extract::resolve_source(source),)).and_then(|d| d.extract()).map_err(|e| python_error(py, e))
     })?;
     let plans: Vec<SetPlan> = plans.into_iter().map(|p| SetPlan { source: model_dir.clone(), ..p }).collect();
     let root = project_root().join("target").join("validate");
