@@ -2,9 +2,13 @@
 //! HuggingFace.
 //!
 //! - [`catalog`]: the 13 checkpoints and the tensors each records (one definition for every side).
-//! - [`model`]: a readable reference GPT-2 that taps every checkpoint into a [`taps::TapSink`].
+//! - [`model`]: a readable reference GPT-2 that taps every checkpoint into a [`taps::TapSink`];
+//!   [`config`] and [`weights`] load it from HF's config.json and model.safetensors.
 //! - [`goldens`]: HF's tensors as `cargo xtask extract-goldens` wrote them, with their manifest.
-//! - [`suite`]: runs any [`suite::Candidate`] against the goldens, checkpoint by checkpoint.
+//! - [`candidate`]: the trait an implementation under test provides (the reference is one).
+//! - [`suite`]: runs any [`candidate::Candidate`] against the goldens, checkpoint by checkpoint,
+//!   with [`compare`] and the per-checkpoint [`tolerances`].
+//! - [`sampling`], [`tokenizer`]: argmax, softmax with temperature and top-k; GPT-2's BPE.
 
 pub mod candidate;
 pub mod catalog;
