@@ -10,6 +10,9 @@
 //!   with [`compare`] and the per-checkpoint [`tolerances`].
 //! - [`sampling`], [`tokenizer`]: argmax, softmax with temperature and top-k; GPT-2's BPE.
 
+// Doc comments write tensor shapes as [T, C], which rustdoc would read as links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 pub mod candidate;
 pub mod catalog;
 pub mod compare;

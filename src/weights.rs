@@ -3,7 +3,7 @@
 //! HF saves `GPT2LMHeadModel` with a `transformer.` prefix; the original openai-community files
 //! have none. Both load. Every tensor the model needs must be present with the shape the config
 //! implies, and every tensor in the file must be used, except the buffers and the tied lm_head
-//! listed in [`IGNORED_SUFFIXES`].
+//! listed in `IGNORED_SUFFIXES`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

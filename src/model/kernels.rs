@@ -8,7 +8,7 @@
 //!   interleaved partial sums, streams the weights at full speed;
 //! - prefill is bound by arithmetic: on x86-64 with AVX2 and FMA (checked at run time) it works on
 //!   tiles of 3 weight rows x 4 tokens whose 12 partial sums stay in registers, with tokens taken
-//!   in blocks of [`TOKEN_BLOCK`] so that a block of activations stays in L2 while the weights
+//!   in blocks of `TOKEN_BLOCK` so that a block of activations stays in L2 while the weights
 //!   stream past it. (A GEMM such as matrixmultiply re-packs the whole weight matrix on every call;
 //!   measured on GPT-2 small, that packing cost as much as the arithmetic.)
 //!
