@@ -5,6 +5,7 @@
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 
 use super::conv1d::Conv1D;
+use super::kernels;
 use super::kv_cache::LayerCache;
 use super::softmax::{MASKED, softmax_last_axis};
 use crate::candidate::{AttnScores, Qkv};
@@ -39,14 +40,15 @@ impl Attention {
     }
 
     /// q [H, T, D] and the keys of all S positions k [H, S, D] -> scaled, causally masked scores and
-    /// their softmax, both [H, T, S]; masked entries hold [`MASKED`]. Query i sits at absolute position S - T + i and sees keys 0..=it.
+    /// their softmax, both [H, T, S]; masked entries hold [`MASKED`]. Query i sits at absolute
+    /// position S - T + i and sees keys 0..=it.
     pub fn scores(&self, q: ArrayView3<f32>, k: ArrayView3<f32>) -> AttnScores {
         let (h, t, _) = q.dim();
         let s_len = k.shape()[1];
         let past = s_len - t;
         let mut scores = Array3::<f32>::zeros((h, t, s_len)); // [H, T, S]
         for head in 0..h {
-            let mut sc = q.index_axis(Axis(0), head).dot(&k.index_axis(Axis(0), head).t()); // [T, S]
+            let mut sc = kernels::x_wt(q.index_axis(Axis(0), head), k.index_axis(Axis(0), head)); // [T, S] = q·kᵀ
             sc *= self.scale;
             for (i, mut row) in sc.rows_mut().into_iter().enumerate() {
                 row.slice_mut(s![past + i + 1..]).fill(MASKED); // the future is masked
@@ -64,7 +66,7 @@ impl Attention {
         let d = v.shape()[2];
         let mut merged = Array2::<f32>::zeros((t, h * d)); // [T, C]
         for head in 0..h {
-            let ctx = weights.index_axis(Axis(0), head).dot(&v.index_axis(Axis(0), head)); // [T, D]
+            let ctx = kernels::x_wt(weights.index_axis(Axis(0), head), v.index_axis(Axis(0), head).t()); // [T, D] = weights·v
             merged.slice_mut(s![.., head * d..(head + 1) * d]).assign(&ctx);
         }
         self.c_proj.forward(merged.view()) // [T, C]

@@ -1,6 +1,6 @@
 //! The one matrix product of the forward pass, y = x · Wᵀ with W [N, C] stored row-major: the
-//! tied lm_head over wte's rows, and every Conv1D layer, whose weights the loader transposes to
-//! this [out, in] layout (see [`crate::weights`]).
+//! tied lm_head over wte's rows, every Conv1D layer, whose weights the loader transposes to this
+//! [out, in] layout (see [`crate::weights`]), and attention's q·kᵀ and weights·v per head.
 //!
 //! GPT-2 inference multiplies activations by large weights that are read far more often than
 //! they fit in cache, so each weight row is read once per call, in storage order:
@@ -23,6 +23,10 @@ use rayon::prelude::*;
 /// Tokens per block: 64 rows of activations (C = 1024: 256 KB) stay in a 512 KB+ L2 cache.
 const TOKEN_BLOCK: usize = 64;
 
+/// Smaller products (attention's per-head ones) stay on the calling thread: handing them to the
+/// pool would cost more than it saves.
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 18;
+
 /// The pool the kernels run on; None: the calling thread alone.
 static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
 
@@ -44,7 +48,7 @@ pub fn x_wt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
     let (Some(x_s), Some(w_s)) = (x.as_slice(), w.as_slice()) else { unreachable!("standard layout is contiguous") };
     let mut y_nt = vec![0.0f32; n * t]; // [N, T]: each weight row's dots with every token
     let pool = POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-    match pool {
+    match pool.filter(|_| n * c >= PARALLEL_MIN_WEIGHTS) {
         None => dot_rows(x_s, t, c, w_s, &mut y_nt),
         Some(pool) => {
             let rows_per_part = n.div_ceil(pool.current_num_threads()).max(1);
