@@ -57,41 +57,45 @@ fn a_missing_golden_file_is_named() {
     assert!(report.message().contains("07_block.l00.output.npy"), "{}", report.message());
 }
 
-#[test]
-fn a_truncated_npy_is_named() {
+/// Reads 07_block.l00.output from a scratch copy of the "Hello." set after `spoil` rewrote that
+/// file, and returns the error (the manifest is left intact).
+fn error_reading_spoiled_block_output(spoil: impl FnOnce(&Path)) -> (tempfile::TempDir, String) {
     let scratch = copy_dir(&hello_dir());
-    let path = scratch.path().join("07_block.l00.output.npy");
-    let bytes = std::fs::read(&path).expect("read");
-    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+    spoil(&scratch.path().join("07_block.l00.output.npy"));
     let set = GoldenSet::open(scratch.path()).expect("the manifest is intact");
     let message = error_of(set.f32(BLOCK_OUTPUT));
-    assert!(message.contains("07_block.l00.output.npy") && message.contains("truncated"), "{message}");
+    assert!(message.contains("07_block.l00.output.npy"), "the error names the file: {message}");
+    (scratch, message)
+}
+
+#[test]
+fn a_truncated_npy_is_named() {
+    let (_, message) = error_reading_spoiled_block_output(|path| {
+        let bytes = std::fs::read(path).expect("read");
+        std::fs::write(path, &bytes[..bytes.len() / 2]).expect("truncate");
+    });
+    assert!(message.contains("truncated"), "{message}");
 }
 
 #[test]
 fn a_shape_that_disagrees_with_the_manifest_is_named() {
-    let scratch = copy_dir(&hello_dir());
-    let path = scratch.path().join("07_block.l00.output.npy");
-    Array2::<f32>::zeros((3, 4)).write_npy(std::fs::File::create(&path).expect("create")).expect("write");
-    let set = GoldenSet::open(scratch.path()).expect("the manifest is intact");
-    let message = error_of(set.f32(BLOCK_OUTPUT));
-    assert!(message.contains("07_block.l00.output.npy") && message.contains("disagrees with the manifest"), "{message}");
+    let (_, message) = error_reading_spoiled_block_output(|path| {
+        Array2::<f32>::zeros((3, 4)).write_npy(std::fs::File::create(path).expect("create")).expect("write");
+    });
+    assert!(message.contains("disagrees with the manifest"), "{message}");
 }
 
 #[test]
 fn a_dtype_that_disagrees_with_the_manifest_is_named() {
-    let scratch = copy_dir(&hello_dir());
-    let path = scratch.path().join("07_block.l00.output.npy");
-    Array2::<i64>::zeros((2, 48)).write_npy(std::fs::File::create(&path).expect("create")).expect("write");
-    let set = GoldenSet::open(scratch.path()).expect("the manifest is intact");
-    let message = error_of(set.f32(BLOCK_OUTPUT));
-    assert!(message.contains("07_block.l00.output.npy") && message.contains("F32"), "{message}");
+    let (scratch, message) = error_reading_spoiled_block_output(|path| {
+        Array2::<i64>::zeros((2, 48)).write_npy(std::fs::File::create(path).expect("create")).expect("write");
+    });
+    assert!(message.contains("F32"), "{message}");
 
     // a manifest that changes a tensor's dtype is refused when the set is opened
     let manifest = scratch.path().join("manifest.yaml");
     let text = std::fs::read_to_string(&manifest).expect("read");
-    let edited = text.replacen("dtype: f32", "dtype: i64", 1);
-    std::fs::write(&manifest, edited).expect("write");
+    std::fs::write(&manifest, text.replacen("dtype: f32", "dtype: i64", 1)).expect("write");
     let message = error_of(GoldenSet::open(scratch.path()));
     assert!(message.contains("manifest.yaml") && message.contains("00_embeddings.embeddings"), "{message}");
 }
