@@ -203,9 +203,9 @@ impl Checkpoint {
         }
     }
 
-    /// Whether any of this checkpoint's tensors has the given scope.
-    pub fn has_scope(self, scope: Scope) -> bool {
-        self.tensors().iter().any(|t| t.scope == scope)
+    /// Whether any of this checkpoint's compared tensors has the given scope.
+    pub fn has_output(self, scope: Scope) -> bool {
+        self.tensors().iter().any(|t| t.scope == scope && t.role == Role::Output)
     }
 
     pub fn spec(self, name: &str) -> Option<&'static TensorSpec> {
@@ -267,6 +267,95 @@ impl TensorKey {
 impl fmt::Display for TensorKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.stem())
+    }
+}
+
+/// The keys a forward pass taps under: one constructor per compared tensor, so that a port never
+/// spells a name. Tensors are single-sequence ([T, C], [H, T, D], ...); a leading batch axis of 1
+/// is accepted too.
+///
+/// ```
+/// use gpt2_checkpoints::catalog::tap;
+/// assert_eq!(tap::block_output(2).stem(), "07_block.l02.output");
+/// assert_eq!(tap::q(0).file_name(), "02_qkv.l00.q.npy");
+/// assert_eq!(tap::logits().stem(), "08_logits.logits");
+/// ```
+pub mod tap {
+    use super::{Checkpoint as C, TensorKey};
+
+    const fn model(checkpoint: C, name: &'static str) -> TensorKey {
+        TensorKey { checkpoint, layer: None, step: None, name }
+    }
+
+    const fn layer(checkpoint: C, layer: usize, name: &'static str) -> TensorKey {
+        TensorKey { checkpoint, layer: Some(layer), step: None, name }
+    }
+
+    /// 00: wte[ids] + wpe[positions], [T, C].
+    pub const fn embeddings() -> TensorKey {
+        model(C::Embeddings, "embeddings")
+    }
+    /// 01: block `l`'s first LayerNorm, [T, C].
+    pub const fn ln_1(l: usize) -> TensorKey {
+        layer(C::LayerNorm, l, "ln_1")
+    }
+    /// 01: block `l`'s second LayerNorm (before the MLP), [T, C].
+    pub const fn ln_2(l: usize) -> TensorKey {
+        layer(C::LayerNorm, l, "ln_2")
+    }
+    /// 01: the final LayerNorm, [T, C].
+    pub const fn ln_f() -> TensorKey {
+        model(C::LayerNorm, "ln_f")
+    }
+    /// 02: per-head queries, [H, T, D].
+    pub const fn q(l: usize) -> TensorKey {
+        layer(C::Qkv, l, "q")
+    }
+    /// 02: per-head keys, [H, T, D].
+    pub const fn k(l: usize) -> TensorKey {
+        layer(C::Qkv, l, "k")
+    }
+    /// 02: per-head values, [H, T, D].
+    pub const fn v(l: usize) -> TensorKey {
+        layer(C::Qkv, l, "v")
+    }
+    /// 03: every key the cache holds after this call, [H, S, D]. Tap it without a step: the suite
+    /// knows which cache state (after the prompt, after decode step s) the call produced.
+    pub const fn cache_keys(l: usize) -> TensorKey {
+        layer(C::KvCache, l, "keys")
+    }
+    /// 03: every value the cache holds after this call, [H, S, D] (see [`cache_keys`]).
+    pub const fn cache_values(l: usize) -> TensorKey {
+        layer(C::KvCache, l, "values")
+    }
+    /// 04: scaled, causally masked scores before softmax, [H, T, S]. Masked entries may hold any
+    /// value (-inf, finfo.min, -1e10, -1e4): only the causal positions are compared.
+    pub const fn scores(l: usize) -> TensorKey {
+        layer(C::AttnScores, l, "scores")
+    }
+    /// 04: the attention weights after softmax, [H, T, S] (zero at masked positions).
+    pub const fn weights(l: usize) -> TensorKey {
+        layer(C::AttnScores, l, "weights")
+    }
+    /// 05: heads merged and c_proj applied, before the residual add, [T, C].
+    pub const fn attn_output(l: usize) -> TensorKey {
+        layer(C::AttnOutput, l, "attn_output")
+    }
+    /// 06: the GELU activation, [T, 4C].
+    pub const fn gelu(l: usize) -> TensorKey {
+        layer(C::Ffn, l, "gelu")
+    }
+    /// 06: the MLP's output, before the residual add, [T, C].
+    pub const fn mlp_output(l: usize) -> TensorKey {
+        layer(C::Ffn, l, "mlp_output")
+    }
+    /// 07: block `l`'s output (the residual stream after it), [T, C].
+    pub const fn block_output(l: usize) -> TensorKey {
+        layer(C::Block, l, "output")
+    }
+    /// 08: logits of every position of this call, [T, V].
+    pub const fn logits() -> TensorKey {
+        model(C::Logits, "logits")
     }
 }
 

@@ -35,9 +35,9 @@ pub enum Error {
     /// NaN or Inf where a finite number belongs.
     #[error("{0}")]
     NonFinite(String),
-    /// A candidate implementation does not provide a checkpoint's component.
-    #[error("{0}")]
-    Unsupported(String),
+    /// A port does not provide this optional method: its checks are pending, not failed.
+    #[error("not provided by the port: {0}")]
+    NotProvided(String),
 }
 
 impl Error {

@@ -205,6 +205,14 @@ impl GoldenSet {
         self.read(key, DType::I64)
     }
 
+    /// A float tensor without the leading batch axis (single-sequence, as ports see it), as `D`.
+    pub fn single<D: ndarray::Dimension>(&self, key: TensorKey) -> Result<ndarray::Array<f32, D>> {
+        let array = self.f32(key)?;
+        let array =
+            if key.spec().shape.first() == Some(&crate::catalog::Dim::B) { array.index_axis_move(ndarray::Axis(0), 0) } else { array };
+        array.into_dimensionality::<D>().map_err(|e| Error::golden(&self.dir.join(key.file_name()), e.to_string()))
+    }
+
     /// Token ids as u32, for feeding a model.
     pub fn ids(&self, key: TensorKey) -> Result<Vec<u32>> {
         let path = self.dir.join(&self.entry(key)?.file);

@@ -5,6 +5,7 @@ use ndarray::{Array1, ArrayView1};
 
 use crate::error::{Error, Result};
 use crate::model::softmax::softmax_row;
+use crate::port::Sampling;
 
 /// The id of the largest logit (the first one on a tie, as torch.argmax). NaN is an error.
 pub fn argmax(logits: ArrayView1<f32>) -> Result<u32> {
@@ -44,6 +45,15 @@ pub fn warped_probs(logits: ArrayView1<f32>, temperature: f32, top_k: usize) -> 
     }
     softmax_row(scores.view_mut());
     Ok(scores)
+}
+
+/// Checkpoint 11's three outputs: softmax(logits), the warped distribution and the top-k ids.
+pub fn distributions(logits: ArrayView1<f32>, temperature: f32, top_k: usize) -> Result<Sampling> {
+    Ok(Sampling {
+        probs: softmax_with_temperature(logits, 1.0)?,
+        probs_warped: warped_probs(logits, temperature, top_k)?,
+        top_ids: top_k_ids(logits, top_k),
+    })
 }
 
 /// The ids of the k largest logits, largest first (torch.topk, sorted).

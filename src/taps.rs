@@ -6,13 +6,22 @@
 
 use std::collections::BTreeMap;
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{ArrayD, ArrayView1, ArrayViewD, IxDyn};
 
 use crate::catalog::TensorKey;
 
 /// Receives the tensor of each checkpoint as a forward pass reaches it.
 pub trait TapSink {
     fn tap(&mut self, key: TensorKey, tensor: ArrayViewD<'_, f32>);
+
+    /// The same for a port that keeps flat row-major buffers: `data` holds `shape` (a shape that
+    /// does not match the data's length is recorded as a shape mismatch by the suite, not here).
+    fn tap_slice(&mut self, key: TensorKey, shape: &[usize], data: &[f32]) {
+        match ArrayViewD::from_shape(IxDyn(shape), data) {
+            Ok(view) => self.tap(key, view),
+            Err(_) => self.tap(key, ArrayView1::from(data).into_dyn()),
+        }
+    }
 }
 
 /// A sink that records nothing.

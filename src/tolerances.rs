@@ -14,8 +14,8 @@ use crate::catalog::{Checkpoint, DType, TensorKey};
 use crate::compare::Tolerance;
 use crate::error::{Error, Result};
 
-/// How a checkpoint is driven: from its golden input alone, or by the candidate's whole forward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a checkpoint is driven: from its golden input alone, or by the port's whole forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
     /// The golden input of the checkpoint is fed to that one component.
     Isolated,

@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use gpt2_checkpoints::catalog::{Checkpoint, TensorKey};
+use gpt2_checkpoints::catalog::{TensorKey, tap};
 use gpt2_checkpoints::goldens::GoldenSet;
-use gpt2_checkpoints::model::Gpt2;
-use gpt2_checkpoints::suite::{self, ChainedRun};
-use gpt2_checkpoints::tolerances::Tolerances;
+use gpt2_checkpoints::judge::{Claims, Status, judge};
+use gpt2_checkpoints::model::{Gpt2, Reference};
+use gpt2_checkpoints::report::first_divergence;
+use gpt2_checkpoints::runner;
+use gpt2_checkpoints::tolerances::{Mode, Tolerances};
 use ndarray::Array2;
 use ndarray_npy::WriteNpyExt;
 
@@ -33,7 +35,7 @@ fn copy_dir(from: &Path) -> tempfile::TempDir {
     scratch
 }
 
-const BLOCK_OUTPUT: TensorKey = TensorKey { checkpoint: Checkpoint::Block, layer: Some(0), step: None, name: "output" };
+const BLOCK_OUTPUT: TensorKey = tap::block_output(0);
 
 fn error_of<T>(result: gpt2_checkpoints::Result<T>) -> String {
     match result {
@@ -51,10 +53,11 @@ fn a_missing_golden_file_is_named() {
     assert!(message.contains("07_block.l00.output.npy") && message.contains("extract-goldens"), "{message}");
     // and the checkpoint check fails with that message instead of panicking
     let tolerances = Tolerances::load(&repo().join("fixtures/tolerances.yaml")).expect("tolerances");
-    let mut model = Gpt2::load(&tiny_model_dir()).expect("model");
-    let report = suite::check_isolated(&mut model, &set, &tolerances, Checkpoint::Block, Some(0));
-    assert!(!report.passed());
-    assert!(report.message().contains("07_block.l00.output.npy"), "{}", report.message());
+    let mut reference = Reference::load(&tiny_model_dir()).expect("model");
+    let verdicts = judge(&set, &runner::port::isolated(&mut reference, &set), &tolerances, &Claims::all());
+    let block = verdicts.iter().find(|v| v.key == tap::block_output(0) && v.mode == Mode::Isolated).expect("a verdict on 07 layer 0");
+    assert_eq!(block.status, Status::Fail);
+    assert!(block.detail.contains("07_block.l00.output.npy"), "{}", block.detail);
 }
 
 /// Reads 07_block.l00.output from a scratch copy of the "Hello." set after `spoil` rewrote that
@@ -106,12 +109,11 @@ fn nan_in_our_output_fails_and_the_chain_names_where_it_started() {
     let tolerances = Tolerances::load(&repo().join("fixtures/tolerances.yaml")).expect("tolerances");
     let mut model = Gpt2::load(&tiny_model_dir()).expect("model");
     model.h[1].mlp.c_fc.weight[[0, 0]] = f32::NAN; // every output from block 1's MLP on is NaN
-    let run = ChainedRun::new(&mut model, &set);
-    let report = suite::check_chained(&run, &set, &tolerances, Checkpoint::Logits, None);
-    assert!(!report.passed());
-    let first = report.first_divergence.as_ref().expect("a first divergence");
-    assert_eq!(first.key.stem(), "06_ffn.l01.gelu", "{}", report.message());
-    assert!(report.message().contains("NaN"), "{}", report.message());
+    let verdicts = judge(&set, &runner::port::chained(&mut Reference::new(model), &set), &tolerances, &Claims::all());
+    assert!(verdicts.iter().any(|v| v.key == tap::logits() && v.status == Status::Fail));
+    let first = first_divergence(&verdicts).expect("a first divergence");
+    assert_eq!(first.key.stem(), "06_ffn.l01.gelu", "{}", first.detail);
+    assert!(first.detail.contains("NaN"), "{}", first.detail);
 }
 
 /// Writes the tiny model's weights with one tensor changed by `edit` (None drops it).

@@ -8,9 +8,9 @@ use super::conv1d::Conv1D;
 use super::kernels;
 use super::kv_cache::LayerCache;
 use super::softmax::{MASKED, softmax_last_axis};
-use crate::candidate::{AttnScores, Qkv};
-use crate::catalog::{Checkpoint, TensorKey};
+use crate::catalog::tap;
 use crate::error::Result;
+use crate::port::{AttnScores, Qkv};
 use crate::taps::TapSink;
 
 pub struct Attention {
@@ -75,17 +75,16 @@ impl Attention {
     /// x [T, C] (ln_1 output) -> attention output [T, C], before the residual add. Appends this
     /// step's keys and values to `cache` and attends over everything cached.
     pub fn forward(&self, layer: usize, x: ArrayView2<f32>, cache: &mut LayerCache, sink: &mut dyn TapSink) -> Result<Array2<f32>> {
-        let tap = |name| TensorKey::new(Checkpoint::Qkv, Some(layer), None, name);
         let Qkv { q, k, v } = self.qkv(x); // [H, T, D] each
-        sink.tap(tap("q"), q.view().into_dyn());
-        sink.tap(tap("k"), k.view().into_dyn());
-        sink.tap(tap("v"), v.view().into_dyn());
+        sink.tap(tap::q(layer), q.view().into_dyn());
+        sink.tap(tap::k(layer), k.view().into_dyn());
+        sink.tap(tap::v(layer), v.view().into_dyn());
         cache.append(k.view(), v.view())?;
         let AttnScores { scores, weights } = self.scores(q.view(), cache.keys()); // [H, T, S]
-        sink.tap(TensorKey::new(Checkpoint::AttnScores, Some(layer), None, "scores"), scores.view().into_dyn());
-        sink.tap(TensorKey::new(Checkpoint::AttnScores, Some(layer), None, "weights"), weights.view().into_dyn());
+        sink.tap(tap::scores(layer), scores.view().into_dyn());
+        sink.tap(tap::weights(layer), weights.view().into_dyn());
         let out = self.output(weights.view(), cache.values()); // [T, C]
-        sink.tap(TensorKey::new(Checkpoint::AttnOutput, Some(layer), None, "attn_output"), out.view().into_dyn());
+        sink.tap(tap::attn_output(layer), out.view().into_dyn());
         Ok(out)
     }
 }

@@ -6,7 +6,7 @@
 
 use ndarray::{Array3, ArrayView3, s};
 
-use crate::catalog::{Checkpoint, TensorKey};
+use crate::catalog::tap;
 use crate::error::{Error, Result};
 use crate::taps::TapSink;
 
@@ -77,11 +77,11 @@ impl KvCache {
         self.len() == 0
     }
 
-    /// Checkpoint 03: hands every layer's keys and values [H, S, D] to the sink as cache state `step`.
-    pub fn tap(&self, sink: &mut dyn TapSink, step: usize) {
+    /// Checkpoint 03: hands every layer's keys and values [H, S, D] to the sink.
+    pub fn tap(&self, sink: &mut dyn TapSink) {
         for (layer, cache) in self.layers.iter().enumerate() {
-            sink.tap(TensorKey::new(Checkpoint::KvCache, Some(layer), Some(step), "keys"), cache.keys().into_dyn());
-            sink.tap(TensorKey::new(Checkpoint::KvCache, Some(layer), Some(step), "values"), cache.values().into_dyn());
+            sink.tap(tap::cache_keys(layer), cache.keys().into_dyn());
+            sink.tap(tap::cache_values(layer), cache.values().into_dyn());
         }
     }
 }

@@ -3,7 +3,7 @@
 use ndarray::ArrayView2;
 
 use super::conv1d::Conv1D;
-use crate::candidate::MlpOutput;
+use crate::port::MlpOutput;
 
 pub struct Mlp {
     /// [C, 4C]

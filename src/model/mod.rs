@@ -6,19 +6,21 @@
 
 pub mod attention;
 pub mod block;
-mod candidate;
 pub mod conv1d;
 pub mod kernels;
 pub mod kv_cache;
 pub mod layer_norm;
 pub mod mlp;
+mod port;
 pub mod softmax;
+
+pub use port::Reference;
 
 use std::path::Path;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
-use crate::catalog::{Checkpoint, TensorKey};
+use crate::catalog::tap;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::taps::{NoTaps, TapSink};
@@ -122,12 +124,12 @@ impl Gpt2 {
             return Err(Error::Input("no token ids to run: pass at least one token".into()));
         }
         let mut x = self.embed(ids, cache.len())?; // [T, C]
-        sink.tap(TensorKey::new(Checkpoint::Embeddings, None, None, "embeddings"), x.view().into_dyn());
+        sink.tap(tap::embeddings(), x.view().into_dyn());
         for (layer, (block, layer_cache)) in self.h.iter().zip(cache.layers.iter_mut()).enumerate() {
             x = block.forward(layer, x.view(), layer_cache, sink)?; // [T, C]
         }
         let out = self.ln_f.forward(x.view()); // [T, C]
-        sink.tap(TensorKey::new(Checkpoint::LayerNorm, None, None, "ln_f"), out.view().into_dyn());
+        sink.tap(tap::ln_f(), out.view().into_dyn());
         Ok(out)
     }
 

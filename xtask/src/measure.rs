@@ -5,32 +5,33 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use gpt2_checkpoints::goldens::GoldenSet;
-use gpt2_checkpoints::model::Gpt2;
-use gpt2_checkpoints::suite::{run_all, summarize, summary_table};
+use gpt2_checkpoints::judge::{Claims, Status, judge};
+use gpt2_checkpoints::model::Reference;
+use gpt2_checkpoints::report::{summarize, summary_table, verdict_line};
+use gpt2_checkpoints::runner;
+use gpt2_checkpoints::testing::model_dir;
 use gpt2_checkpoints::tolerances::Tolerances;
-
-use crate::project_root;
 
 pub fn measure(goldens: &Path, tolerances: &Tolerances, verbose: bool) -> Result<()> {
     let sets = GoldenSet::discover(goldens)?;
-    let mut reports = Vec::new();
+    let mut verdicts = Vec::new();
     for set in &sets {
-        let mut model = Gpt2::load(&project_root().join(&set.manifest.model.source))?;
-        reports.extend(run_all(&mut model, set, tolerances, &mut |_| {}));
+        let mut reference = Reference::load(&model_dir(set))?;
+        verdicts.extend(judge(set, &runner::port::observe(&mut reference, set), tolerances, &Claims::all()));
     }
     println!("{} golden sets: {}\n", sets.len(), sets.iter().map(GoldenSet::name).collect::<Vec<_>>().join(", "));
-    print!("{}", summary_table(&summarize(&reports)));
+    print!("{}", summary_table(&summarize(&verdicts)));
     if verbose {
-        for report in &reports {
-            println!("{}", report.message());
+        for v in &verdicts {
+            println!("{}", verdict_line(v));
         }
     }
-    let failed: Vec<_> = reports.iter().filter(|r| !r.passed()).collect();
-    for report in &failed {
-        eprintln!("{}", report.message());
+    let failed: Vec<_> = verdicts.iter().filter(|v| v.status == Status::Fail).collect();
+    for v in &failed {
+        eprintln!("{}", verdict_line(v));
     }
     if !failed.is_empty() {
-        bail!("{} of {} checks failed", failed.len(), reports.len());
+        bail!("{} of {} checks failed", failed.len(), verdicts.len());
     }
     Ok(())
 }

@@ -10,8 +10,10 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use gpt2_checkpoints::goldens::GoldenSet;
-use gpt2_checkpoints::model::Gpt2;
-use gpt2_checkpoints::suite::{run_all, summarize, summary_table};
+use gpt2_checkpoints::judge::{Claims, Status, judge};
+use gpt2_checkpoints::model::Reference;
+use gpt2_checkpoints::report::{first_divergence, summarize, summary_table, verdict_line};
+use gpt2_checkpoints::runner;
 use gpt2_checkpoints::tolerances::Tolerances;
 use pyo3::types::PyAnyMethods;
 
@@ -29,29 +31,31 @@ pub fn validate(venv: &Venv, source: &str, plans: Vec<SetPlan>, tolerances: &Tol
     let staging = extract::extract_all(venv, &plans, &root)?;
     extract::install(staging.path(), &plans, &root)?;
     eprintln!("goldens extracted in {:.1} s; loading {model_dir} into the reference", start.elapsed().as_secs_f64());
-    let mut model = Gpt2::load(&PathBuf::from(&model_dir))?;
-    let mut reports = Vec::new();
+    let mut reference = Reference::load(&PathBuf::from(&model_dir))?;
+    let mut verdicts = Vec::new();
     for plan in &plans {
         let set = GoldenSet::open(&root.join(plan.relative_dir()))?;
-        eprint!("checking {}:", set.name());
-        reports.extend(run_all(&mut model, &set, tolerances, &mut |checkpoint| {
-            eprint!(" {:02}", checkpoint.id());
-            let _ = std::io::stderr().flush();
-        }));
+        eprint!("checking {}: chained", set.name());
+        let _ = std::io::stderr().flush();
+        let mut observations = runner::port::chained(&mut reference, &set);
+        eprint!(", isolated");
+        let _ = std::io::stderr().flush();
+        observations.merge(runner::port::isolated(&mut reference, &set));
         eprintln!();
+        verdicts.extend(judge(&set, &observations, tolerances, &Claims::all()));
     }
     println!("\n{source}: {} golden sets in {}\n", plans.len(), root.display());
-    print!("{}", summary_table(&summarize(&reports)));
-    let failed: Vec<_> = reports.iter().filter(|r| !r.passed()).collect();
-    if let Some(first) = failed.iter().find_map(|r| r.first_divergence.as_ref()) {
+    print!("{}", summary_table(&summarize(&verdicts)));
+    if let Some(first) = first_divergence(&verdicts) {
         println!("\nfirst divergence in the chain: {} ({})", first.key, first.detail.lines().next().unwrap_or_default());
     }
-    for report in failed.iter().take(5) {
-        eprintln!("{}", report.message());
+    let failed: Vec<_> = verdicts.iter().filter(|v| v.status == Status::Fail).collect();
+    for v in failed.iter().take(5) {
+        eprintln!("{}", verdict_line(v));
     }
     println!("\nvalidate took {:.1} s", start.elapsed().as_secs_f64());
     if !failed.is_empty() {
-        bail!("{} of {} checks failed", failed.len(), reports.len());
+        bail!("{} of {} checks failed", failed.len(), verdicts.len());
     }
     Ok(())
 }

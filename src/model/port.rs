@@ -1,55 +1,77 @@
-//! The reference model as a [`Candidate`]: the suite runs it exactly as it runs a port.
+//! The reference model as a [`Port`]: the suite runs it exactly as it runs anyone's port, and it
+//! provides every optional method, so it is checked in both modes at every checkpoint.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayView3, Axis, stack};
+use std::path::Path;
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayView3};
 
 use super::Gpt2;
-use super::kv_cache::LayerCache;
-use crate::candidate::{AttnScores, Candidate, KvPair, LnSite, MlpOutput, Qkv, Sampling};
-use crate::catalog::{Checkpoint, TensorKey};
+use super::block::Block;
+use super::kv_cache::{KvCache, LayerCache};
+use crate::catalog::tap;
 use crate::error::{Error, Result};
+use crate::port::{AttnScores, KvPair, LnSite, MlpOutput, Port, Qkv, Sampling};
 use crate::sampling;
 use crate::taps::{NoTaps, TapSink};
 
-impl Gpt2 {
-    fn block_at(&self, layer: usize) -> Result<&super::block::Block> {
-        self.h.get(layer).ok_or_else(|| Error::Input(format!("layer {layer} does not exist: the model has {} layers", self.h.len())))
+/// The reference GPT-2 with the KV cache of the sequence it is running.
+pub struct Reference {
+    pub model: Gpt2,
+    cache: KvCache,
+}
+
+impl Reference {
+    pub fn new(model: Gpt2) -> Reference {
+        let cache = model.new_cache(0);
+        Reference { model, cache }
+    }
+
+    /// Loads `<model_dir>/config.json` and `model.safetensors`.
+    pub fn load(model_dir: &Path) -> Result<Reference> {
+        Gpt2::load(model_dir).map(Reference::new)
+    }
+
+    fn block_at(&self, layer: usize) -> Result<&Block> {
+        let n = self.model.h.len();
+        self.model.h.get(layer).ok_or_else(|| Error::Input(format!("layer {layer} does not exist: the model has {n} layers")))
+    }
+
+    /// Runs `ids` after what the cache holds and taps the logits (and the cache after the call).
+    fn run(&mut self, ids: &[u32], taps: &mut dyn TapSink) -> Result<()> {
+        let h = self.model.forward(ids, &mut self.cache, taps)?; // [T, C]
+        let logits = self.model.lm_head(h.view()); // [T, V]
+        taps.tap(tap::logits(), logits.view().into_dyn());
+        self.cache.tap(taps);
+        Ok(())
     }
 }
 
-impl Candidate for Gpt2 {
-    fn run_prompt(&mut self, prompt: &[u32], decode_ids: &[u32], sink: &mut dyn TapSink) -> Result<()> {
-        let mut cache = self.new_cache(prompt.len() + decode_ids.len());
-        let h = self.forward(prompt, &mut cache, sink)?; // [T, C]
-        let logits = self.lm_head(h.view()); // [T, V]
-        sink.tap(TensorKey::new(Checkpoint::Logits, None, None, "logits"), logits.view().into_dyn());
-        cache.tap(sink, 0);
-        let mut decode_logits = Vec::with_capacity(decode_ids.len());
-        for (step, &id) in decode_ids.iter().enumerate() {
-            let h = self.forward(&[id], &mut cache, &mut NoTaps)?; // [1, C]
-            decode_logits.push(self.lm_head_row(h.row(0))); // [V]
-            cache.tap(sink, step + 1);
+impl Port for Reference {
+    fn forward(&mut self, ids: &[u32], taps: &mut dyn TapSink) -> Result<()> {
+        self.cache = self.model.new_cache(self.model.config.n_positions);
+        self.run(ids, taps)
+    }
+
+    fn forward_cached(&mut self, id: u32, taps: &mut dyn TapSink) -> Result<()> {
+        if self.cache.is_empty() {
+            return Err(Error::Input("forward_cached before forward: there is no sequence to continue".into()));
         }
-        let views: Vec<ArrayView1<f32>> = decode_logits.iter().map(|l| l.view()).collect();
-        if !views.is_empty() {
-            let stacked = stack(Axis(0), &views).map_err(|e| Error::Input(e.to_string()))?; // [S, V]
-            sink.tap(TensorKey::new(Checkpoint::KvCache, None, None, "decode_logits"), stacked.view().into_dyn());
-        }
-        Ok(())
+        self.run(&[id], taps)
     }
 
     fn generate_greedy(&mut self, prompt: &[u32], new_tokens: usize) -> Result<Vec<u32>> {
-        Gpt2::generate_greedy(self, prompt, new_tokens)
+        self.model.generate_greedy(prompt, new_tokens)
     }
 
     fn embeddings(&mut self, ids: &[u32]) -> Result<Array2<f32>> {
-        self.embed(ids, 0)
+        self.model.embed(ids, 0)
     }
 
     fn layer_norm(&mut self, site: LnSite, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let ln = match site {
             LnSite::Ln1(layer) => &self.block_at(layer)?.ln_1,
             LnSite::Ln2(layer) => &self.block_at(layer)?.ln_2,
-            LnSite::LnF => &self.ln_f,
+            LnSite::LnF => &self.model.ln_f,
         };
         Ok(ln.forward(x))
     }
@@ -80,12 +102,12 @@ impl Candidate for Gpt2 {
 
     fn block(&mut self, layer: usize, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let block = self.block_at(layer)?;
-        let mut cache = LayerCache::new(self.config.n_head, x.nrows(), self.config.head_dim());
+        let mut cache = LayerCache::new(self.model.config.n_head, x.nrows(), self.model.config.head_dim());
         block.forward(layer, x, &mut cache, &mut NoTaps)
     }
 
     fn logits(&mut self, h: ArrayView2<f32>) -> Result<Array2<f32>> {
-        Ok(self.lm_head(h))
+        Ok(self.model.lm_head(h))
     }
 
     fn select_last(&mut self, logits: ArrayView2<f32>) -> Result<Array1<f32>> {
@@ -98,10 +120,6 @@ impl Candidate for Gpt2 {
     }
 
     fn sampling(&mut self, logits: ArrayView1<f32>, temperature: f32, top_k: usize) -> Result<Sampling> {
-        Ok(Sampling {
-            probs: sampling::softmax_with_temperature(logits, 1.0)?,
-            probs_warped: sampling::warped_probs(logits, temperature, top_k)?,
-            top_ids: sampling::top_k_ids(logits, top_k),
-        })
+        sampling::distributions(logits, temperature, top_k)
     }
 }

@@ -1,0 +1,282 @@
+//! Judging: a runner's [`Observations`] against one golden set, tensor by tensor.
+//!
+//! Each compared tensor gets a [`Verdict`]: pass, FAIL or pending.
+//! - A value is compared with the golden ([`crate::compare`] for floats, exactly for token ids).
+//! - A tensor the port does not provide (an optional method, a missing file) is *pending*.
+//! - A chained tap that the port never reported fails when the port [`Claims`] its checkpoint
+//!   ("tap 02_qkv.l01.k was never reported") and is pending otherwise.
+//! - A checkpoint the port does not claim never fails: a failing value there is reported as
+//!   pending, with what would fail.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use ndarray::{ArrayD, ArrayView1, Axis, Ix1, Ix2};
+use serde::Serialize;
+
+use crate::catalog::{Checkpoint, Role, TensorKey};
+use crate::compare::{Comparison, compare};
+use crate::error::{Error, Result};
+use crate::goldens::GoldenSet;
+use crate::runner::{Missing, Observations, Observed, Value};
+use crate::tolerances::{Mode, Tolerances};
+
+/// The checkpoints a port claims to pass: what it claims must pass; the rest is pending.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims(BTreeSet<Checkpoint>);
+
+impl Claims {
+    /// Every checkpoint, 00-12.
+    pub fn all() -> Claims {
+        Claims(Checkpoint::ALL.into_iter().collect())
+    }
+
+    /// Nothing: every result is informative only (pending or pass), nothing fails.
+    pub fn none() -> Claims {
+        Claims(BTreeSet::new())
+    }
+
+    /// 00 up to and including `last`: a port that is written "through 05".
+    pub fn through(last: Checkpoint) -> Claims {
+        Claims(Checkpoint::ALL.into_iter().filter(|c| *c <= last).collect())
+    }
+
+    /// Exactly these checkpoints.
+    pub fn only(checkpoints: impl IntoIterator<Item = Checkpoint>) -> Claims {
+        Claims(checkpoints.into_iter().collect())
+    }
+
+    pub fn contains(&self, checkpoint: Checkpoint) -> bool {
+        self.0.contains(&checkpoint)
+    }
+
+    /// `12` (through 12), `00,01,04` (exactly those), `all` or `none`.
+    pub fn parse(text: &str) -> Result<Claims> {
+        let bad = || Error::Input(format!("--claims {text:?}: write NN for \"00 through NN\", a list like 00,01,04, `all` or `none`"));
+        let id = |s: &str| s.trim().parse::<u8>().ok().and_then(Checkpoint::from_id).ok_or_else(bad);
+        match text.trim() {
+            "all" => Ok(Claims::all()),
+            "none" => Ok(Claims::none()),
+            list if list.contains(',') => list.split(',').map(id).collect::<Result<BTreeSet<_>>>().map(Claims),
+            one => id(one).map(Claims::through),
+        }
+    }
+}
+
+impl fmt::Display for Claims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids: Vec<u8> = self.0.iter().map(|c| c.id()).collect();
+        match ids.as_slice() {
+            [] => f.write_str("none"),
+            [first, .., last] if *first == 0 && usize::from(*last) + 1 == ids.len() => write!(f, "00 through {last:02}"),
+            [0] => f.write_str("00 through 00"),
+            _ => f.write_str(&ids.iter().map(|i| format!("{i:02}")).collect::<Vec<_>>().join(",")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Pending,
+    Fail,
+}
+
+/// The verdict on one tensor in one mode.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub set: String,
+    pub mode: Mode,
+    pub key: TensorKey,
+    pub status: Status,
+    /// One line (plus the worst pairs for a failing float comparison).
+    pub detail: String,
+    pub comparison: Option<Comparison>,
+    /// How the suite derived the value, when the port does not provide that step.
+    pub derived: Option<String>,
+}
+
+/// The compared tensors of `checkpoint` at `layer` (None: its model-level tensors).
+pub fn outputs_of(set: &GoldenSet, checkpoint: Checkpoint, layer: Option<usize>) -> Vec<TensorKey> {
+    set.manifest
+        .dims()
+        .all_tensors()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.checkpoint == checkpoint && k.layer == layer && k.spec().role == Role::Output)
+        .collect()
+}
+
+/// Every verdict of one golden set: chained in forward order, then isolated in checkpoint order.
+pub fn judge(set: &GoldenSet, obs: &Observations, tolerances: &Tolerances, claims: &Claims) -> Vec<Verdict> {
+    let chained = set.manifest.dims().forward_order();
+    let isolated = set
+        .manifest
+        .dims()
+        .all_tensors()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.spec().role == Role::Output && crate::runner::port::isolated_outputs(set, k.checkpoint, k.layer).contains(k));
+    let chained = chained.into_iter().map(|k| (Mode::Chained, k));
+    let isolated = isolated.map(|k| (Mode::Isolated, k));
+    chained.chain(isolated).map(|(mode, key)| verdict(set, tolerances, claims, mode, key, obs.get(mode, key))).collect()
+}
+
+fn verdict(set: &GoldenSet, tolerances: &Tolerances, claims: &Claims, mode: Mode, key: TensorKey, seen: Option<&Observed>) -> Verdict {
+    let claimed = claims.contains(key.checkpoint);
+    let failed_unless_claimed = |detail: String| {
+        if claimed { (Status::Fail, detail) } else { (Status::Pending, format!("not claimed; {detail}")) }
+    };
+    let mut out = Verdict { set: set.name(), mode, key, status: Status::Pending, detail: String::new(), comparison: None, derived: None };
+    (out.status, out.detail) = match seen {
+        None if mode == Mode::Chained => failed_unless_claimed(format!("tap {key} was never reported")),
+        None => (Status::Pending, "not provided".into()),
+        Some(Observed::Missing(Missing::NotProvided(why))) => (Status::Pending, why.clone()),
+        Some(Observed::Missing(Missing::Failed(e))) => failed_unless_claimed(e.clone()),
+        Some(Observed::Value { value, derived }) => {
+            out.derived = derived.clone();
+            let (passed, detail, comparison) = match check_value(set, tolerances, key, mode, value) {
+                Ok(result) => result,
+                Err(e) => (false, e.to_string(), None),
+            };
+            out.comparison = comparison;
+            let detail = match derived {
+                Some(how) => format!("{detail} (derived: {how})"),
+                None => detail,
+            };
+            if passed { (Status::Pass, detail) } else { failed_unless_claimed(detail) }
+        }
+    };
+    out
+}
+
+/// Compares one value with its golden: (passed, detail, float statistics).
+fn check_value(
+    set: &GoldenSet,
+    tolerances: &Tolerances,
+    key: TensorKey,
+    mode: Mode,
+    value: &Value,
+) -> Result<(bool, String, Option<Comparison>)> {
+    match value {
+        Value::F32(ours) => {
+            let golden = set.f32(key)?;
+            let ours = with_batch_axis(ours, &golden);
+            let c = compare(&key.stem(), ours.view(), golden.view(), tolerances.for_tensor(key, mode))?;
+            Ok((c.passed(), c.report(), Some(c)))
+        }
+        Value::Ids(ours) => {
+            let golden = set.ids(key)?;
+            let (passed, detail) = check_ids(set, tolerances, key, ours, &golden)?;
+            Ok((passed, detail, None))
+        }
+    }
+}
+
+/// A single-sequence value gets the golden's leading batch axis of 1; anything else is left for the
+/// comparison to report as a shape mismatch.
+fn with_batch_axis<'a>(ours: &'a ArrayD<f32>, golden: &ArrayD<f32>) -> ndarray::CowArray<'a, f32, ndarray::IxDyn> {
+    if ours.ndim() + 1 == golden.ndim() && golden.shape()[0] == 1 { ours.view().insert_axis(Axis(0)).into() } else { ours.view().into() }
+}
+
+/// Token ids: exact. For 10 and 12 no step may be decided by an HF top-1/top-2 margin below the
+/// logits tolerance (that would be ambiguous); for 11's top-k ranking, two ids may trade places only
+/// where HF's logits for them are within the logits tolerance (a tie, not an error).
+fn check_ids(set: &GoldenSet, tolerances: &Tolerances, key: TensorKey, ours: &[u32], golden: &[u32]) -> Result<(bool, String)> {
+    let tol = tolerances.logits();
+    match key.checkpoint {
+        Checkpoint::Softmax => check_ranking(set, ours, golden, tol),
+        _ => check_decisions(set, key, ours, golden, tol),
+    }
+}
+
+fn last_logits_key() -> TensorKey {
+    TensorKey::new(Checkpoint::SelectedLogits, None, None, "last_logits")
+}
+
+fn check_decisions(set: &GoldenSet, key: TensorKey, ours: &[u32], golden: &[u32], tol: f64) -> Result<(bool, String)> {
+    let margins: Vec<f32> = match key.checkpoint {
+        Checkpoint::Argmax => vec![top2_margin(set.single::<Ix1>(last_logits_key())?.view())],
+        Checkpoint::Generation => {
+            let top2 = set.single::<Ix2>(TensorKey::new(Checkpoint::Generation, None, None, "top2_logits"))?;
+            top2.rows().into_iter().map(|r| r[0] - r[1]).collect()
+        }
+        _ => Vec::new(),
+    };
+    let min_margin = margins.iter().copied().fold(f32::INFINITY, f32::min);
+    let note = format!("smallest HF top-1/top-2 margin {min_margin:.3e} (logits atol {tol:.0e})");
+    if let Some((step, margin)) = margins.iter().copied().enumerate().find(|&(_, m)| f64::from(m) < tol) {
+        return Ok((
+            false,
+            format!(
+                "AMBIGUOUS at step {step}: HF's top-1/top-2 margin {margin:.3e} is below the logits tolerance {tol:.0e}, so that token is decided by rounding; ours {ours:?}, HF {golden:?}"
+            ),
+        ));
+    }
+    Ok(match first_mismatch(ours, golden) {
+        None => (true, format!("{} ids equal; {note}", golden.len())),
+        Some(at) => (
+            false,
+            format!(
+                "ids differ first at step {at}: ours {:?}, HF {:?}; ours {ours:?}, HF {golden:?}; {note}",
+                ours.get(at),
+                golden.get(at)
+            ),
+        ),
+    })
+}
+
+fn check_ranking(set: &GoldenSet, ours: &[u32], golden: &[u32], tol: f64) -> Result<(bool, String)> {
+    let logits = set.single::<Ix1>(last_logits_key())?;
+    let logit = |id: u32| logits.get(id as usize).copied().unwrap_or(f32::NAN);
+    if ours.len() != golden.len() {
+        return Ok((false, format!("{} ids, HF has {}", ours.len(), golden.len())));
+    }
+    let mut ties = 0;
+    for (rank, (&a, &b)) in ours.iter().zip(golden).enumerate() {
+        if a == b {
+            continue;
+        }
+        let gap = f64::from((logit(a) - logit(b)).abs());
+        if gap > tol || gap.is_nan() {
+            return Ok((false, format!("rank {rank}: ours {a}, HF {b}, whose HF logits differ by {gap:.3e} > {tol:.0e}")));
+        }
+        ties += 1;
+    }
+    let swaps = if ties > 0 { format!(" up to {ties} swaps of ids whose HF logits tie within {tol:.0e}") } else { String::new() };
+    Ok((true, format!("{} ids equal{swaps}", golden.len())))
+}
+
+fn first_mismatch(ours: &[u32], golden: &[u32]) -> Option<usize> {
+    ours.iter().zip(golden).position(|(a, b)| a != b).or((ours.len() != golden.len()).then(|| ours.len().min(golden.len())))
+}
+
+fn top2_margin(logits: ArrayView1<f32>) -> f32 {
+    let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in logits {
+        if v > first {
+            second = first;
+            first = v;
+        } else if v > second {
+            second = v;
+        }
+    }
+    first - second
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_parse_and_print() {
+        assert_eq!(Claims::parse("05").unwrap(), Claims::through(Checkpoint::AttnOutput));
+        assert_eq!(Claims::parse("12").unwrap(), Claims::all());
+        assert_eq!(Claims::parse("00,04").unwrap(), Claims::only([Checkpoint::Embeddings, Checkpoint::AttnScores]));
+        assert_eq!(Claims::through(Checkpoint::AttnOutput).to_string(), "00 through 05");
+        assert_eq!(Claims::only([Checkpoint::Embeddings, Checkpoint::AttnScores]).to_string(), "00,04");
+        assert!(Claims::parse("13").is_err());
+        assert!(Claims::parse("five").is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Reports: verdicts rendered for people (the checkpoint table, failure messages, the first
+//! divergence) and for machines (JSON).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::catalog::Checkpoint;
+use crate::judge::{Status, Verdict};
+use crate::tolerances::Mode;
+
+/// `isolated` / `chained`.
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Isolated => "isolated",
+        Mode::Chained => "chained",
+    }
+}
+
+/// One line of the checkpoint table: every verdict of one checkpoint in one mode, over all layers,
+/// tensors and golden sets.
+#[derive(Clone, Debug, Serialize)]
+pub struct SummaryRow {
+    pub checkpoint: String,
+    pub mode: &'static str,
+    pub status: Status,
+    pub checks: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub pending: usize,
+    /// How many passes were derived by the suite rather than computed by the port.
+    pub derived: usize,
+    /// Float comparisons: the worst error and the tolerance in force there.
+    pub max_abs: Option<f64>,
+    pub tolerance: Option<String>,
+    /// The smallest allowed / actual error over the float comparisons (None: every error is 0).
+    pub headroom: Option<f64>,
+    pub max_nmse: Option<f64>,
+}
+
+/// Aggregates verdicts by checkpoint and mode, in checkpoint order (isolated first).
+pub fn summarize(verdicts: &[Verdict]) -> Vec<SummaryRow> {
+    let mut rows = Vec::new();
+    for checkpoint in Checkpoint::ALL {
+        for mode in [Mode::Isolated, Mode::Chained] {
+            let group: Vec<&Verdict> = verdicts.iter().filter(|v| v.key.checkpoint == checkpoint && v.mode == mode).collect();
+            if !group.is_empty() {
+                rows.push(summary_row(checkpoint, mode, &group));
+            }
+        }
+    }
+    rows
+}
+
+fn summary_row(checkpoint: Checkpoint, mode: Mode, group: &[&Verdict]) -> SummaryRow {
+    let count = |s: Status| group.iter().filter(|v| v.status == s).count();
+    let (passed, failed, pending) = (count(Status::Pass), count(Status::Fail), count(Status::Pending));
+    let status = if failed > 0 {
+        Status::Fail
+    } else if passed > 0 {
+        Status::Pass
+    } else {
+        Status::Pending
+    };
+    let mut row = SummaryRow {
+        checkpoint: checkpoint.label(),
+        mode: mode_name(mode),
+        status,
+        checks: group.len(),
+        passed,
+        failed,
+        pending,
+        derived: group.iter().filter(|v| v.status == Status::Pass && v.derived.is_some()).count(),
+        max_abs: None,
+        tolerance: None,
+        headroom: None,
+        max_nmse: None,
+    };
+    for c in group.iter().filter_map(|v| v.comparison.as_ref()) {
+        if row.max_abs.is_none_or(|m| c.max_abs >= m) {
+            row.max_abs = Some(c.max_abs);
+            row.tolerance = Some(c.tolerance.to_string());
+        }
+        row.max_nmse = Some(row.max_nmse.map_or(c.nmse, |m| m.max(c.nmse)));
+        if c.headroom.is_finite() {
+            row.headroom = Some(row.headroom.map_or(c.headroom, |h| h.min(c.headroom)));
+        }
+    }
+    row
+}
+
+/// The summary as a markdown table.
+pub fn summary_table(rows: &[SummaryRow]) -> String {
+    let mut out =
+        String::from("| checkpoint | mode | status | max abs error | tolerance | headroom | max NMSE |\n|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let status = match r.status {
+            Status::Fail => format!("FAIL ({}/{})", r.failed, r.checks),
+            Status::Pending => format!("pending ({})", r.checks),
+            Status::Pass if r.pending > 0 => format!("pass ({}; {} pending)", r.passed, r.pending),
+            Status::Pass => format!("pass ({})", r.passed),
+        };
+        let status = if r.derived > 0 { format!("{status}, {} derived", r.derived) } else { status };
+        let (max_abs, tolerance, headroom, nmse) = match (r.max_abs, &r.tolerance) {
+            (Some(max_abs), Some(tolerance)) => (
+                format!("{max_abs:.2e}"),
+                tolerance.clone(),
+                r.headroom.map_or("exact".to_string(), |h| format!("{h:.1}x")),
+                r.max_nmse.map_or("-".to_string(), |n| format!("{n:.1e}")),
+            ),
+            _ if r.passed + r.failed > 0 => ("ids".into(), "exact".into(), "-".into(), "-".into()),
+            _ => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let _ = writeln!(out, "| {} | {} | {status} | {max_abs} | {tolerance} | {headroom} | {nmse} |", r.checkpoint, r.mode);
+    }
+    out
+}
+
+/// The first failing tensor of each golden set's chained run, in forward order: where the port
+/// first went wrong.
+pub fn first_divergence(verdicts: &[Verdict]) -> Option<&Verdict> {
+    verdicts.iter().find(|v| v.mode == Mode::Chained && v.status == Status::Fail)
+}
+
+/// One verdict as a report line (plus the worst pairs on following lines).
+pub fn verdict_line(v: &Verdict) -> String {
+    let mark = match v.status {
+        Status::Pass => "ok     ",
+        Status::Fail => "FAIL   ",
+        Status::Pending => "pending",
+    };
+    format!("{mark} {} [{}, {}]: {}", v.key, mode_name(v.mode), v.set, v.detail)
+}
+
+/// The message of a failed check: every failing verdict, then where the chain first diverged.
+pub fn failure_message(failing: &[&Verdict], all: &[Verdict]) -> String {
+    let mut out = String::new();
+    for v in failing {
+        let _ = writeln!(out, "{}", verdict_line(v));
+    }
+    if let Some(first) = first_divergence(all) {
+        let _ = writeln!(out, "first divergence in the chain: {} ({}): {}", first.key, first.key.checkpoint.label(), first.detail);
+    }
+    out
+}
+
+/// The machine-readable report: the table rows and every verdict that is not a plain pass.
+#[derive(Serialize)]
+pub struct JsonReport<'a> {
+    pub claims: String,
+    pub passed: bool,
+    pub rows: &'a [SummaryRow],
+    pub first_divergence: Option<JsonVerdict>,
+    pub failures: Vec<JsonVerdict>,
+    pub pending: Vec<JsonVerdict>,
+}
+
+#[derive(Serialize)]
+pub struct JsonVerdict {
+    pub set: String,
+    pub mode: &'static str,
+    pub tensor: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+impl From<&Verdict> for JsonVerdict {
+    fn from(v: &Verdict) -> Self {
+        JsonVerdict { set: v.set.clone(), mode: mode_name(v.mode), tensor: v.key.stem(), status: v.status, detail: v.detail.clone() }
+    }
+}

@@ -1,0 +1,1 @@
+//! A directory of `.npy` dumps as a runner (the dump protocol of CHECKPOINTS.md).
