@@ -10,6 +10,7 @@ Run from the repository root: .venv/bin/python reference/independent_check.py
 """
 
 import glob
+import json
 import os
 import sys
 
@@ -25,7 +26,7 @@ def main():
     torch.set_num_threads(1)
     with open(os.path.join(ROOT, "fixtures", "tolerances.yaml"), encoding="utf-8") as f:
         logits_atol = float(yaml.safe_load(f)["08_logits"]["atol"])
-    manifests = sorted(glob.glob(os.path.join(ROOT, "fixtures", "goldens", "*", "*", "manifest.yaml")))
+    manifests = sorted(glob.glob(os.path.join(ROOT, "fixtures", "goldens", "*", "*", "manifest.json")))
     if not manifests:
         print("no golden sets under fixtures/goldens: run `cargo xtask extract-goldens`")
         return 1
@@ -33,7 +34,7 @@ def main():
     models = {}
     for path in manifests:
         with open(path, encoding="utf-8") as f:
-            manifest = yaml.safe_load(f)
+            manifest = json.load(f)
         set_dir = os.path.dirname(path)
         name = os.path.relpath(set_dir, os.path.join(ROOT, "fixtures", "goldens"))
         source = manifest["model"]["source"]

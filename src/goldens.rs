@@ -1,7 +1,7 @@
 //! Golden sets: HF's tensors for one model and one prompt, as `cargo xtask extract-goldens` writes
 //! them under `fixtures/goldens/<model>/<prompt-slug>/`.
 //!
-//! `manifest.yaml` lists every tensor (checkpoint, layer, step, name, shape, dtype, file) with the
+//! `manifest.json` lists every tensor (checkpoint, layer, step, name, shape, dtype, file) with the
 //! provenance (model and config, prompt and ids, HF's generation, library versions). Reading a
 //! tensor checks it against the manifest: a missing or truncated file, or a dtype or shape that
 //! disagrees, is an error that names the file.
@@ -17,9 +17,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 
 /// Bumped whenever the layout or the meaning of a golden changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
-pub const MANIFEST: &str = "manifest.yaml";
+pub const MANIFEST: &str = "manifest.json";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -100,6 +100,13 @@ impl Manifest {
         }
     }
 
+    /// The manifest as written to disk: pretty JSON, readable by any language's standard library.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
     /// `tiny-gpt2/hello`
     pub fn set_name(&self) -> String {
         format!("{}/{}", self.model.name, self.prompt.slug)
@@ -113,7 +120,7 @@ impl TensorEntry {
     }
 }
 
-/// One golden set on disk: a directory with manifest.yaml and its .npy files.
+/// One golden set on disk: a directory with manifest.json and its .npy files.
 #[derive(Clone, Debug)]
 pub struct GoldenSet {
     pub dir: PathBuf,
@@ -121,12 +128,12 @@ pub struct GoldenSet {
 }
 
 impl GoldenSet {
-    /// Reads `<dir>/manifest.yaml` and checks that it lists exactly the catalog's tensors.
+    /// Reads `<dir>/manifest.json` and checks that it lists exactly the catalog's tensors.
     pub fn open(dir: &Path) -> Result<GoldenSet> {
         let path = dir.join(MANIFEST);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::golden(&path, format!("cannot read the manifest ({e}): run `cargo xtask extract-goldens`")))?;
-        let manifest: Manifest = serde_yaml::from_str(&text)
+        let manifest: Manifest = serde_json::from_str(&text)
             .map_err(|e| Error::golden(&path, format!("malformed manifest ({e}): re-run `cargo xtask extract-goldens`")))?;
         if manifest.format_version != FORMAT_VERSION {
             return Err(Error::golden(
@@ -142,7 +149,7 @@ impl GoldenSet {
         Ok(set)
     }
 
-    /// Every golden set under `root` (`<root>/<model>/<slug>/manifest.yaml`), sorted by path.
+    /// Every golden set under `root` (`<root>/<model>/<slug>/manifest.json`), sorted by path.
     pub fn discover(root: &Path) -> Result<Vec<GoldenSet>> {
         let mut dirs = Vec::new();
         for model in read_dir_sorted(root)? {

@@ -96,11 +96,11 @@ fn a_dtype_that_disagrees_with_the_manifest_is_named() {
     assert!(message.contains("F32"), "{message}");
 
     // a manifest that changes a tensor's dtype is refused when the set is opened
-    let manifest = scratch.path().join("manifest.yaml");
+    let manifest = scratch.path().join("manifest.json");
     let text = std::fs::read_to_string(&manifest).expect("read");
-    std::fs::write(&manifest, text.replacen("dtype: f32", "dtype: i64", 1)).expect("write");
+    std::fs::write(&manifest, text.replacen("\"dtype\": \"f32\"", "\"dtype\": \"i64\"", 1)).expect("write");
     let message = error_of(GoldenSet::open(scratch.path()));
-    assert!(message.contains("manifest.yaml") && message.contains("00_embeddings.embeddings"), "{message}");
+    assert!(message.contains("manifest.json") && message.contains("00_embeddings.embeddings"), "{message}");
 }
 
 #[test]
@@ -178,5 +178,5 @@ fn a_config_that_is_not_gpt2_or_asks_for_the_unimplemented_is_refused() {
 #[test]
 fn a_missing_golden_set_directory_says_what_to_run() {
     let message = error_of(GoldenSet::open(&repo().join("fixtures/goldens/no-such-model/hello")));
-    assert!(message.contains("manifest.yaml") && message.contains("cargo xtask extract-goldens"), "{message}");
+    assert!(message.contains("manifest.json") && message.contains("cargo xtask extract-goldens"), "{message}");
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask extract-goldens`: runs HF GPT-2 through reference/gpt2_taps.py and writes one golden
-//! set per (model, prompt): the .npy files the checkpoint catalog names, and manifest.yaml.
+//! set per (model, prompt): the .npy files the checkpoint catalog names, and manifest.json.
 //!
 //! Every tap is matched against the catalog (name, scope, shape, dtype); a tap the catalog does not
 //! know, or a catalog tensor no tap produced, is an error. Everything is written into a staging
@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use gpt2_checkpoints::catalog::{Checkpoint, DType, TensorKey};
 use gpt2_checkpoints::config::Config;
-use gpt2_checkpoints::goldens::{Environment, FORMAT_VERSION, GenerationInfo, MANIFEST, Manifest, ModelInfo, PromptInfo, TensorEntry};
+use gpt2_checkpoints::goldens::{
+    Environment, FORMAT_VERSION, GenerationInfo, GoldenSet, MANIFEST, Manifest, ModelInfo, PromptInfo, TensorEntry,
+};
+use gpt2_checkpoints::tolerances::Tolerances;
 use ndarray::ArrayD;
 use ndarray_npy::WriteNpyExt;
 use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -180,8 +183,7 @@ fn extract_set(
         bail!("{missing}: the catalog expects it but reference/gpt2_taps.py produced no such tap");
     }
     manifest.tensors = written.into_values().collect();
-    let yaml = serde_yaml::to_string(&manifest)?;
-    std::fs::write(dir.join(MANIFEST), yaml).with_context(|| format!("cannot write {}", dir.join(MANIFEST).display()))?;
+    std::fs::write(dir.join(MANIFEST), manifest.to_json()).with_context(|| format!("cannot write {}", dir.join(MANIFEST).display()))?;
     Ok(())
 }
 
@@ -196,11 +198,14 @@ fn write_array<T: numpy::Element + ndarray_npy::WritableElement + Clone>(array: 
     Ok(shape)
 }
 
-/// Moves every set of `staging` to the same place under `root`, replacing what was there.
-pub fn install(staging: &Path, plans: &[SetPlan], root: &Path) -> Result<()> {
+/// Moves every set of `staging` to the same place under `root`, replacing what was there, but
+/// keeping each committed file that agrees with the fresh one within `tolerances`: a run on
+/// another machine rewrites only what truly changed, and says which.
+pub fn install(staging: &Path, plans: &[SetPlan], root: &Path, tolerances: &Tolerances) -> Result<()> {
     for plan in plans {
         let from = staging.join(plan.relative_dir());
         let to = root.join(plan.relative_dir());
+        let changed = crate::check::keep_agreeing(&GoldenSet::open(&from)?, &to, tolerances)?;
         let parent = to.parent().unwrap_or(root);
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         if to.exists() {
@@ -209,7 +214,10 @@ pub fn install(staging: &Path, plans: &[SetPlan], root: &Path) -> Result<()> {
             std::fs::rename(&to, &old).with_context(|| format!("cannot move the old {} aside", to.display()))?;
         }
         std::fs::rename(&from, &to).with_context(|| format!("cannot move {} into place", to.display()))?;
-        eprintln!("wrote {}", to.display());
+        match changed.as_slice() {
+            [] => eprintln!("{}: every file agrees with the committed one within the tolerances; kept", to.display()),
+            changed => eprintln!("wrote {}: {} files changed ({})", to.display(), changed.len(), changed.join(", ")),
+        }
     }
     Ok(())
 }

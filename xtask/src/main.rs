@@ -11,6 +11,7 @@
 
 mod bench;
 mod check;
+mod compare;
 mod extract;
 mod make_model;
 mod measure;
@@ -24,6 +25,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use gpt2_checkpoints::config::Config;
 use gpt2_checkpoints::goldens::GoldenSet;
+use gpt2_checkpoints::judge::Claims;
 use gpt2_checkpoints::tolerances::Tolerances;
 
 use extract::{Generation, SetPlan};
@@ -55,13 +57,13 @@ enum Command {
     /// Run HF GPT-2 on the prompts and write its goldens for all 13 checkpoints.
     ExtractGoldens {
         /// A GPT-2 directory saved with save_pretrained, or a hub id (openai-community/gpt2). Repeatable.
-        #[arg(long = "model", default_value = TINY_MODEL)]
+        #[arg(long = "model", default_values_t = [TINY_MODEL.to_string()])]
         models: Vec<String>,
         /// Prompt text. Repeatable; default: the three committed prompts.
         #[arg(long = "prompt")]
         prompts: Vec<String>,
-        /// Where the golden sets go: <out>/<model>/<prompt-slug>/.
-        #[arg(long, default_value = GOLDENS)]
+        /// Where the golden sets go: <out>/<model>/<prompt-slug>/. Default: fixtures/goldens.
+        #[arg(long, default_value_os_t = project_root().join(GOLDENS))]
         out: PathBuf,
         /// Greedy tokens generated for checkpoint 12.
         #[arg(long, default_value_t = Generation::default().new_tokens)]
@@ -104,16 +106,44 @@ enum Command {
     },
     /// Run every checkpoint of the reference model against committed goldens and print the error table.
     Measure {
-        /// Golden sets under this directory (<dir>/<model>/<slug>/manifest.yaml).
-        #[arg(long, default_value = GOLDENS)]
+        /// Golden sets under this directory (<dir>/<model>/<slug>/manifest.json).
+        #[arg(long, default_value_os_t = project_root().join(GOLDENS))]
         goldens: PathBuf,
         /// Also print every check with its worst elements.
         #[arg(long)]
         verbose: bool,
     },
+    /// Judge ports from their dumps (CHECKPOINTS.md, "The dump protocol"): one table for all.
+    /// Exit 0: nothing present fails and everything claimed is present; 1: a failure; 2: bad input.
+    Compare {
+        /// One golden set: a directory with manifest.json, e.g. fixtures/goldens/tiny-gpt2/hello.
+        #[arg(long)]
+        goldens: PathBuf,
+        /// A directory of dumps; DIR1,DIR2 merges the stages of one pipeline. Repeatable: one
+        /// column group per candidate.
+        #[arg(long = "candidate", required = true)]
+        candidates: Vec<String>,
+        /// What must pass: NN (00 through NN), a list (00,01,04), `all` or `none` (default).
+        #[arg(long, default_value = "none")]
+        claims: String,
+        /// Where the JSON report goes. Default: target/compare/report.json.
+        #[arg(long, default_value_os_t = project_root().join("target").join("compare").join("report.json"))]
+        json: PathBuf,
+    },
+    /// Write the reference model's taps for a golden set's prompt in the dump protocol.
+    DumpReference {
+        /// One golden set: a directory with manifest.json.
+        #[arg(long)]
+        goldens: PathBuf,
+        /// The model directory. Default: the one the golden set was extracted from.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Create the tiny GPT-2 fixture with HF (fixed seed) and save it with save_pretrained.
     MakeTinyModel {
-        #[arg(long, default_value = TINY_MODEL)]
+        #[arg(long, default_value_os_t = project_root().join(TINY_MODEL))]
         out: PathBuf,
         #[arg(long, default_value_t = make_model::TINY_SEED)]
         seed: u64,
@@ -136,7 +166,11 @@ pub fn project_root() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Command::Compare { goldens, candidates, claims, json } = &cli.command {
+        return compare_exit(goldens, candidates, claims, json);
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -145,11 +179,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// `compare`'s three exit codes: 0 pass, 1 a failure, 2 bad input.
+fn compare_exit(goldens: &Path, candidates: &[String], claims: &str, json: &Path) -> ExitCode {
+    let judged = Claims::parse(claims).map_err(anyhow::Error::from).and_then(|claims| {
+        let tolerances = Tolerances::load(&project_root().join(TOLERANCES))?;
+        let candidates: Vec<compare::Candidate> = candidates.iter().map(|c| compare::Candidate::parse(c)).collect();
+        compare::compare(goldens, &candidates, &claims, &tolerances, json)
+    });
+    match judged {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let root = project_root();
     match cli.command {
         Command::ExtractGoldens { models, prompts, out, new_tokens, check } => {
-            let out = root.join(out);
             let generation = Generation { new_tokens, ..Generation::default() };
             let plans = if check { committed_plans(&out)? } else { plan(&models, &prompts, generation)? };
             let venv = Venv::ensure()?;
@@ -159,21 +209,29 @@ fn run(cli: Cli) -> Result<()> {
                 check::check(staging.path(), &plans, &out, &tolerances)
             } else {
                 let staging = extract::extract_all(&venv, &plans, &out)?;
-                extract::install(staging.path(), &plans, &out)
+                extract::install(staging.path(), &plans, &out, &Tolerances::load(&root.join(TOLERANCES))?)
             }
         }
         Command::Validate { model, prompts, new_tokens } => {
             let prompts = if prompts.is_empty() { vec!["Hello.".to_string()] } else { prompts };
             let plans = plan(std::slice::from_ref(&model), &prompts, Generation { new_tokens, ..Generation::default() })?;
-            validate::validate(&Venv::ensure()?, &model, plans, &Tolerances::load(&root.join(TOLERANCES))?)
+            validate::validate(&Venv::ensure()?, &source_from_cwd(&model), plans, &Tolerances::load(&root.join(TOLERANCES))?)
         }
-        Command::Bench { model, threads, runs } => bench::bench(&Venv::ensure()?, &root.join(model), &threads, runs),
-        Command::BenchRust { model, threads, runs } => bench::bench_rust(&root.join(model), threads, runs),
-        Command::Measure { goldens, verbose } => measure::measure(&root.join(goldens), &Tolerances::load(&root.join(TOLERANCES))?, verbose),
-        Command::MakeTinyModel { out, seed } => make_model::make_model(&Venv::ensure()?, Preset::Tiny, &root.join(out), seed),
+        Command::Bench { model, threads, runs } => bench::bench(&Venv::ensure()?, &model, &threads, runs),
+        Command::BenchRust { model, threads, runs } => bench::bench_rust(&model, threads, runs),
+        Command::Measure { goldens, verbose } => measure::measure(&goldens, &Tolerances::load(&root.join(TOLERANCES))?, verbose),
+        Command::Compare { .. } => bail!("compare is dispatched by main with its own exit codes"),
+        Command::DumpReference { goldens, model, out } => {
+            let model = match model {
+                Some(model) => model,
+                None => gpt2_checkpoints::testing::model_dir(&GoldenSet::open(&goldens)?),
+            };
+            compare::dump_reference(&goldens, &model, &out)
+        }
+        Command::MakeTinyModel { out, seed } => make_model::make_model(&Venv::ensure()?, Preset::Tiny, &out, seed),
         Command::MakeModel { preset, seed, out } => {
-            let out = out.unwrap_or_else(|| Path::new("target").join("models").join(preset.name()));
-            make_model::make_model(&Venv::ensure()?, preset, &root.join(out), seed)
+            let out = out.unwrap_or_else(|| root.join("target").join("models").join(preset.name()));
+            make_model::make_model(&Venv::ensure()?, preset, &out, seed)
         }
     }
 }
@@ -184,7 +242,8 @@ fn plan(models: &[String], prompts: &[String], generation: Generation) -> Result
     if let Some(empty) = prompts.iter().find(|p| p.trim().is_empty()) {
         bail!("--prompt {empty:?} is empty: pass at least one word");
     }
-    for source in models {
+    let models: Vec<String> = models.iter().map(|m| source_from_cwd(m)).collect();
+    for source in &models {
         check_local_model(source)?;
     }
     Ok(models
@@ -200,9 +259,20 @@ fn plan(models: &[String], prompts: &[String], generation: Generation) -> Result
         .collect())
 }
 
+/// A model directory given on the command line is relative to where the command runs: it is kept
+/// relative to the repository when it lies inside it (so that manifests stay portable), absolute
+/// otherwise. Anything else (a hub id, the default fixture) is left as it is.
+pub fn source_from_cwd(source: &str) -> String {
+    let Ok(dir) = std::fs::canonicalize(source) else { return source.to_string() };
+    match std::fs::canonicalize(project_root()).ok().and_then(|root| dir.strip_prefix(root).ok().map(Path::to_path_buf)) {
+        Some(inside) => python::path_str(&inside),
+        None => python::path_str(&dir),
+    }
+}
+
 /// A local model directory must have a GPT-2 config.json and weights; a hub id is left to HF.
 fn check_local_model(source: &str) -> Result<()> {
-    let dir = project_root().join(source);
+    let dir = PathBuf::from(extract::resolve_source(source));
     let looks_local = dir.is_dir() || source.starts_with('.') || source.starts_with('/') || source.matches('/').count() > 1;
     if !looks_local {
         return Ok(());
