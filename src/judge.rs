@@ -6,7 +6,8 @@
 //! - A chained tap that the port never reported fails when the port [`Claims`] its checkpoint
 //!   ("tap 02_qkv.l01.k was never reported") and is pending otherwise.
 //! - A checkpoint the port does not claim never fails: a failing value there is reported as
-//!   pending, with what would fail.
+//!   pending, with what would fail. In chained mode everything after such an unclaimed divergence
+//!   is computed from its wrong values: a claimed failure there is pending too ("downstream of").
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -95,6 +96,9 @@ pub struct Verdict {
     pub comparison: Option<Comparison>,
     /// How the suite derived the value, when the port does not provide that step.
     pub derived: Option<String>,
+    /// Out of its limit, or missing where the port must report it, whether or not the
+    /// checkpoint is claimed: where the chain first diverged is the first such verdict.
+    pub diverged: bool,
 }
 
 /// The compared tensors of `checkpoint` at `layer` (None: its model-level tensors).
@@ -120,7 +124,24 @@ pub fn judge(set: &GoldenSet, obs: &Observations, tolerances: &Tolerances, claim
         .filter(|k| k.spec().role == Role::Output && crate::runner::port::isolated_outputs(set, k.checkpoint, k.layer).contains(k));
     let chained = chained.into_iter().map(|k| (Mode::Chained, k));
     let isolated = isolated.map(|k| (Mode::Isolated, k));
-    chained.chain(isolated).map(|(mode, key)| verdict(set, tolerances, claims, mode, key, obs.get(mode, key))).collect()
+    let mut verdicts: Vec<Verdict> =
+        chained.chain(isolated).map(|(mode, key)| verdict(set, tolerances, claims, mode, key, obs.get(mode, key))).collect();
+    excuse_downstream_of_unclaimed(&mut verdicts);
+    verdicts
+}
+
+/// In chained mode, every failure after an unclaimed divergence (in forward order) is that
+/// divergence's consequence: pending, and saying so.
+fn excuse_downstream_of_unclaimed(verdicts: &mut [Verdict]) {
+    let Some(first) = verdicts.iter().position(|v| v.mode == Mode::Chained && v.diverged) else { return };
+    if verdicts[first].status == Status::Fail {
+        return;
+    }
+    let cause = verdicts[first].key;
+    for v in verdicts[first + 1..].iter_mut().filter(|v| v.mode == Mode::Chained && v.status == Status::Fail) {
+        v.status = Status::Pending;
+        v.detail = format!("downstream of {cause}, which is not claimed; {}", v.detail);
+    }
 }
 
 fn verdict(set: &GoldenSet, tolerances: &Tolerances, claims: &Claims, mode: Mode, key: TensorKey, seen: Option<&Observed>) -> Verdict {
@@ -128,12 +149,25 @@ fn verdict(set: &GoldenSet, tolerances: &Tolerances, claims: &Claims, mode: Mode
     let failed_unless_claimed = |detail: String| {
         if claimed { (Status::Fail, detail) } else { (Status::Pending, format!("not claimed; {detail}")) }
     };
-    let mut out = Verdict { set: set.name(), mode, key, status: Status::Pending, detail: String::new(), comparison: None, derived: None };
+    let mut out = Verdict {
+        set: set.name(),
+        mode,
+        key,
+        status: Status::Pending,
+        detail: String::new(),
+        comparison: None,
+        derived: None,
+        diverged: false,
+    };
     (out.status, out.detail) = match seen {
+        // A tap that was never reported is the port's gap, not a divergence: it fails only where claimed.
         None if mode == Mode::Chained => failed_unless_claimed(format!("tap {key} was never reported")),
         None => (Status::Pending, "not provided".into()),
         Some(Observed::Missing(Missing::NotProvided(why))) => (Status::Pending, why.clone()),
-        Some(Observed::Missing(Missing::Failed(e))) => failed_unless_claimed(e.clone()),
+        Some(Observed::Missing(Missing::Failed(e))) => {
+            out.diverged = true;
+            failed_unless_claimed(e.clone())
+        }
         Some(Observed::Value { value, derived }) => {
             out.derived = derived.clone();
             let (passed, detail, comparison) = match check_value(set, tolerances, key, mode, value) {
@@ -145,6 +179,7 @@ fn verdict(set: &GoldenSet, tolerances: &Tolerances, claims: &Claims, mode: Mode
                 Some(how) => format!("{detail} (derived: {how})"),
                 None => detail,
             };
+            out.diverged = !passed;
             if passed { (Status::Pass, detail) } else { failed_unless_claimed(detail) }
         }
     };

@@ -100,6 +100,14 @@ fn chained_into(port: &mut dyn Port, set: &GoldenSet, obs: &mut Observations) ->
 
     let cache_keys: Vec<TensorKey> = outputs(set).into_iter().filter(|k| k.step.is_some()).collect();
     let decode_logits = key(Checkpoint::KvCache, None, "decode_logits");
+    let Some(logits) = logits else {
+        // A port that is only begun: 03's decode steps and the head all start from its logits.
+        let why = Missing::NotProvided("needs 08 logits, which the port's forward did not tap".into());
+        let head = [Checkpoint::SelectedLogits, Checkpoint::Argmax, Checkpoint::Softmax, Checkpoint::Generation];
+        let needs_logits = outputs(set).into_iter().filter(|k| head.contains(&k.checkpoint) || *k == decode_logits || k.step.is_some());
+        obs.missing_unless_seen(CHAINED, needs_logits, &why);
+        return Ok(());
+    };
     match decode(port, &prompt, &decode_ids, obs) {
         Ok((rows, cached)) => {
             let stacked = stack_rows(&rows)?; // [S, V]
@@ -113,13 +121,6 @@ fn chained_into(port: &mut dyn Port, set: &GoldenSet, obs: &mut Observations) ->
         }
         Err(e) => obs.missing(CHAINED, decode_logits, Missing::Failed(e.to_string())),
     }
-
-    let Some(logits) = logits else {
-        let why = Missing::NotProvided("derived from 08 logits, which the port's forward did not tap".into());
-        let head = [Checkpoint::SelectedLogits, Checkpoint::Argmax, Checkpoint::Softmax, Checkpoint::Generation];
-        obs.missing_unless_seen(CHAINED, outputs(set).into_iter().filter(|k| head.contains(&k.checkpoint)), &why);
-        return Ok(());
-    };
     head(port, set, &prompt, logits, obs);
     Ok(())
 }
