@@ -262,6 +262,12 @@ impl TensorKey {
     pub fn file_name(&self) -> String {
         format!("{}.npy", self.stem())
     }
+
+    /// Whether isolated mode compares this tensor: every output except 03's prompt cache (step 0,
+    /// a copy of 02's k and v) and decode logits (they need the whole model).
+    pub fn is_isolated_output(&self) -> bool {
+        self.spec().role == Role::Output && !(self.checkpoint == Checkpoint::KvCache && (self.step == Some(0) || self.layer.is_none()))
+    }
 }
 
 impl fmt::Display for TensorKey {

@@ -15,11 +15,16 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Checkpoint, DType, Dims, TensorKey};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::tolerances::Mode;
 
 /// Bumped whenever the layout or the meaning of a golden changes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 pub const MANIFEST: &str = "manifest.json";
+
+/// Where a set keeps the truth: `truth/<file>` for chained mode, `truth/isolated/<file>` for
+/// isolated mode (HF's float64 modules fed the float32 goldens), as float32.
+pub const TRUTH_DIR: &str = "truth";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -212,6 +217,17 @@ impl GoldenSet {
         self.read(key, DType::I64)
     }
 
+    /// The float64 truth of a float output in `mode` (stored as float32), checked against the
+    /// golden's manifest entry.
+    pub fn truth(&self, key: TensorKey, mode: Mode) -> Result<ArrayD<f32>> {
+        let entry = self.entry(key)?;
+        let dir = match mode {
+            Mode::Chained => self.dir.join(TRUTH_DIR),
+            Mode::Isolated => self.dir.join(TRUTH_DIR).join("isolated"),
+        };
+        read_checked(&dir.join(&entry.file), entry, DType::F32)
+    }
+
     /// A float tensor without the leading batch axis (single-sequence, as ports see it), as `D`.
     pub fn single<D: ndarray::Dimension>(&self, key: TensorKey) -> Result<ndarray::Array<f32, D>> {
         let array = self.f32(key)?;
@@ -232,19 +248,25 @@ impl GoldenSet {
         if entry.dtype != dtype {
             return Err(Error::golden(&path, format!("the manifest says {:?}, {key} is read as {dtype:?}", entry.dtype)));
         }
-        let file = std::fs::File::open(&path)
-            .map_err(|e| Error::golden(&path, format!("cannot open it ({e}): re-run `cargo xtask extract-goldens`")))?;
-        let array = ArrayD::<T>::read_npy(std::io::BufReader::new(file)).map_err(|e| {
-            Error::golden(
-                &path,
-                format!("not a readable {dtype:?} .npy file ({e}): it may be truncated; re-run `cargo xtask extract-goldens`"),
-            )
-        })?;
-        if array.shape() != entry.shape.as_slice() {
-            return Err(Error::golden(&path, format!("shape {:?} disagrees with the manifest's {:?}", array.shape(), entry.shape)));
-        }
-        Ok(array)
+        read_checked(&path, entry, dtype)
     }
+}
+
+/// A .npy file whose shape must be its manifest entry's.
+fn read_checked<T: ndarray_npy::ReadableElement>(path: &Path, entry: &TensorEntry, dtype: DType) -> Result<ArrayD<T>> {
+    let array = read_npy::<T>(path, dtype)?;
+    if array.shape() != entry.shape.as_slice() {
+        return Err(Error::golden(path, format!("shape {:?} disagrees with the manifest's {:?}", array.shape(), entry.shape)));
+    }
+    Ok(array)
+}
+
+fn read_npy<T: ndarray_npy::ReadableElement>(path: &Path, dtype: DType) -> Result<ArrayD<T>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::golden(path, format!("cannot open it ({e}): re-run `cargo xtask extract-goldens`")))?;
+    ArrayD::<T>::read_npy(std::io::BufReader::new(file)).map_err(|e| {
+        Error::golden(path, format!("not a readable {dtype:?} .npy file ({e}): it may be truncated; re-run `cargo xtask extract-goldens`"))
+    })
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -1,7 +1,8 @@
 //! Judging: a runner's [`Observations`] against one golden set, tensor by tensor.
 //!
 //! Each compared tensor gets a [`Verdict`]: pass, FAIL or pending.
-//! - A value is compared with the golden ([`crate::compare`] for floats, exactly for token ids).
+//! - A float value is compared with the float64 truth, within a multiple of HF float32's own
+//!   error there ([`Noise`], [`crate::compare`]); token ids exactly, with HF's.
 //! - A tensor the port does not provide (an optional method, a missing file) is *pending*.
 //! - A chained tap that the port never reported fails when the port [`Claims`] its checkpoint
 //!   ("tap 02_qkv.l01.k was never reported") and is pending otherwise.
@@ -9,14 +10,14 @@
 //!   pending, with what would fail. In chained mode everything after such an unclaimed divergence
 //!   is computed from its wrong values: a claimed failure there is pending too ("downstream of").
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use ndarray::{ArrayD, ArrayView1, Axis, Ix1, Ix2};
 use serde::Serialize;
 
-use crate::catalog::{Checkpoint, Role, TensorKey};
-use crate::compare::{Comparison, compare};
+use crate::catalog::{Checkpoint, DType, Role, TensorKey};
+use crate::compare::{Comparison, compare, hf_error};
 use crate::error::{Error, Result};
 use crate::goldens::GoldenSet;
 use crate::runner::{Missing, Observations, Observed, Value};
@@ -112,20 +113,65 @@ pub fn outputs_of(set: &GoldenSet, checkpoint: Checkpoint, layer: Option<usize>)
         .collect()
 }
 
+/// HF float32's own error against the truth, per mode and tensor name: the worst over the
+/// tensor's layers and steps in one golden set, on the tensor's scale. The unit of every limit.
+#[derive(Clone, Debug, Default)]
+pub struct Noise {
+    errors: BTreeMap<(Mode, Checkpoint, &'static str), f64>,
+}
+
+impl Noise {
+    /// Reads every float output's golden and truth in both modes.
+    pub fn measure(set: &GoldenSet) -> Result<Noise> {
+        let mut noise = Noise::default();
+        for (key, _) in set.manifest.dims().all_tensors() {
+            if key.spec().role != Role::Output || key.spec().dtype != DType::F32 {
+                continue;
+            }
+            let modes: &[Mode] = if key.is_isolated_output() { &[Mode::Chained, Mode::Isolated] } else { &[Mode::Chained] };
+            let golden = set.f32(key)?;
+            for &mode in modes {
+                let error = hf_error(golden.view(), set.truth(key, mode)?.view(), Tolerances::scale(key))?;
+                let worst = noise.errors.entry((mode, key.checkpoint, key.name)).or_insert(0.0);
+                *worst = worst.max(error);
+            }
+        }
+        Ok(noise)
+    }
+
+    /// HF's error for `key`'s tensor in `mode` (0 when it was not measured).
+    pub fn of(&self, mode: Mode, key: TensorKey) -> f64 {
+        self.errors.get(&(mode, key.checkpoint, key.name)).copied().unwrap_or(0.0)
+    }
+}
+
+/// What judging one golden set needs besides the observations.
+struct Judging<'a> {
+    set: &'a GoldenSet,
+    tolerances: &'a Tolerances,
+    claims: &'a Claims,
+    noise: std::result::Result<Noise, String>,
+}
+
+impl Judging<'_> {
+    /// The top-1/top-2 logit margin below which a token is decided by rounding: what 09's chained
+    /// limit allows, in logits (the limit times the RMS of the true last logits).
+    fn ambiguity(&self) -> Result<f64> {
+        let noise = self.noise.as_ref().map_err(|e| Error::Input(e.clone()))?;
+        let key = last_logits_key();
+        let truth = self.set.truth(key, Mode::Chained)?;
+        let rms = (truth.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / truth.len().max(1) as f64).sqrt();
+        Ok(self.tolerances.limit(key, Mode::Chained).allowed(noise.of(Mode::Chained, key)) * rms)
+    }
+}
+
 /// Every verdict of one golden set: chained in forward order, then isolated in checkpoint order.
 pub fn judge(set: &GoldenSet, obs: &Observations, tolerances: &Tolerances, claims: &Claims) -> Vec<Verdict> {
-    let chained = set.manifest.dims().forward_order();
-    let isolated = set
-        .manifest
-        .dims()
-        .all_tensors()
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.spec().role == Role::Output && crate::runner::port::isolated_outputs(set, k.checkpoint, k.layer).contains(k));
-    let chained = chained.into_iter().map(|k| (Mode::Chained, k));
+    let judging = Judging { set, tolerances, claims, noise: Noise::measure(set).map_err(|e| e.to_string()) };
+    let chained = set.manifest.dims().forward_order().into_iter().map(|k| (Mode::Chained, k));
+    let isolated = set.manifest.dims().all_tensors().into_iter().map(|(k, _)| k).filter(TensorKey::is_isolated_output);
     let isolated = isolated.map(|k| (Mode::Isolated, k));
-    let mut verdicts: Vec<Verdict> =
-        chained.chain(isolated).map(|(mode, key)| verdict(set, tolerances, claims, mode, key, obs.get(mode, key))).collect();
+    let mut verdicts: Vec<Verdict> = chained.chain(isolated).map(|(mode, key)| verdict(&judging, mode, key, obs.get(mode, key))).collect();
     excuse_downstream_of_unclaimed(&mut verdicts);
     verdicts
 }
@@ -144,13 +190,13 @@ fn excuse_downstream_of_unclaimed(verdicts: &mut [Verdict]) {
     }
 }
 
-fn verdict(set: &GoldenSet, tolerances: &Tolerances, claims: &Claims, mode: Mode, key: TensorKey, seen: Option<&Observed>) -> Verdict {
-    let claimed = claims.contains(key.checkpoint);
+fn verdict(j: &Judging<'_>, mode: Mode, key: TensorKey, seen: Option<&Observed>) -> Verdict {
+    let claimed = j.claims.contains(key.checkpoint);
     let failed_unless_claimed = |detail: String| {
         if claimed { (Status::Fail, detail) } else { (Status::Pending, format!("not claimed; {detail}")) }
     };
     let mut out = Verdict {
-        set: set.name(),
+        set: j.set.name(),
         mode,
         key,
         status: Status::Pending,
@@ -170,7 +216,7 @@ fn verdict(set: &GoldenSet, tolerances: &Tolerances, claims: &Claims, mode: Mode
         }
         Some(Observed::Value { value, derived }) => {
             out.derived = derived.clone();
-            let (passed, detail, comparison) = match check_value(set, tolerances, key, mode, value) {
+            let (passed, detail, comparison) = match check_value(j, key, mode, value) {
                 Ok(result) => result,
                 Err(e) => (false, e.to_string(), None),
             };
@@ -186,24 +232,24 @@ fn verdict(set: &GoldenSet, tolerances: &Tolerances, claims: &Claims, mode: Mode
     out
 }
 
-/// Compares one value with its golden: (passed, detail, float statistics).
-fn check_value(
-    set: &GoldenSet,
-    tolerances: &Tolerances,
-    key: TensorKey,
-    mode: Mode,
-    value: &Value,
-) -> Result<(bool, String, Option<Comparison>)> {
+/// Compares one value with the truth (floats) or HF's ids: (passed, detail, float statistics).
+fn check_value(j: &Judging<'_>, key: TensorKey, mode: Mode, value: &Value) -> Result<(bool, String, Option<Comparison>)> {
     match value {
         Value::F32(ours) => {
-            let golden = set.f32(key)?;
+            let noise = j.noise.as_ref().map_err(|e| Error::Input(e.clone()))?;
+            let (golden, truth) = (j.set.f32(key)?, j.set.truth(key, mode)?);
             let ours = with_batch_axis(ours, &golden);
-            let c = compare(&key.stem(), ours.view(), golden.view(), tolerances.for_tensor(key, mode))?;
+            let (limit, scale) = (j.tolerances.limit(key, mode), Tolerances::scale(key));
+            let c = compare(&key.stem(), ours.view(), truth.view(), golden.view(), noise.of(mode, key), limit, scale)?;
             Ok((c.passed(), c.report(), Some(c)))
         }
         Value::Ids(ours) => {
-            let golden = set.ids(key)?;
-            let (passed, detail) = check_ids(set, tolerances, key, ours, &golden)?;
+            let golden = j.set.ids(key)?;
+            let margin = j.ambiguity()?;
+            let (passed, detail) = match key.checkpoint {
+                Checkpoint::Softmax => check_ranking(j.set, ours, &golden, margin)?,
+                _ => check_decisions(j.set, key, ours, &golden, margin)?,
+            };
             Ok((passed, detail, None))
         }
     }
@@ -215,21 +261,12 @@ fn with_batch_axis<'a>(ours: &'a ArrayD<f32>, golden: &ArrayD<f32>) -> ndarray::
     if ours.ndim() + 1 == golden.ndim() && golden.shape()[0] == 1 { ours.view().insert_axis(Axis(0)).into() } else { ours.view().into() }
 }
 
-/// Token ids: exact. For 10 and 12 no step may be decided by an HF top-1/top-2 margin below the
-/// logits tolerance (that would be ambiguous); for 11's top-k ranking, two ids may trade places only
-/// where HF's logits for them are within the logits tolerance (a tie, not an error).
-fn check_ids(set: &GoldenSet, tolerances: &Tolerances, key: TensorKey, ours: &[u32], golden: &[u32]) -> Result<(bool, String)> {
-    let tol = tolerances.logits();
-    match key.checkpoint {
-        Checkpoint::Softmax => check_ranking(set, ours, golden, tol),
-        _ => check_decisions(set, key, ours, golden, tol),
-    }
-}
-
 fn last_logits_key() -> TensorKey {
     TensorKey::new(Checkpoint::SelectedLogits, None, None, "last_logits")
 }
 
+/// 10 and 12: exact ids, and no step decided by an HF top-1/top-2 margin below `tol` (logits):
+/// there the token is decided by rounding, and a match would be luck.
 fn check_decisions(set: &GoldenSet, key: TensorKey, ours: &[u32], golden: &[u32], tol: f64) -> Result<(bool, String)> {
     let margins: Vec<f32> = match key.checkpoint {
         Checkpoint::Argmax => vec![top2_margin(set.single::<Ix1>(last_logits_key())?.view())],
@@ -240,12 +277,12 @@ fn check_decisions(set: &GoldenSet, key: TensorKey, ours: &[u32], golden: &[u32]
         _ => Vec::new(),
     };
     let min_margin = margins.iter().copied().fold(f32::INFINITY, f32::min);
-    let note = format!("smallest HF top-1/top-2 margin {min_margin:.3e} (logits atol {tol:.0e})");
+    let note = format!("smallest HF top-1/top-2 margin {min_margin:.3e} (ambiguous below {tol:.1e})");
     if let Some((step, margin)) = margins.iter().copied().enumerate().find(|&(_, m)| f64::from(m) < tol) {
         return Ok((
             false,
             format!(
-                "AMBIGUOUS at step {step}: HF's top-1/top-2 margin {margin:.3e} is below the logits tolerance {tol:.0e}, so that token is decided by rounding; ours {ours:?}, HF {golden:?}"
+                "AMBIGUOUS at step {step}: HF's top-1/top-2 margin {margin:.3e} is below {tol:.1e}, what 09's limit allows, so that token is decided by rounding; ours {ours:?}, HF {golden:?}"
             ),
         ));
     }
@@ -262,6 +299,8 @@ fn check_decisions(set: &GoldenSet, key: TensorKey, ours: &[u32], golden: &[u32]
     })
 }
 
+/// 11's top-k ids: exact, except that two ids may trade places where HF's logits for them are
+/// within `tol` (a tie, not an error).
 fn check_ranking(set: &GoldenSet, ours: &[u32], golden: &[u32], tol: f64) -> Result<(bool, String)> {
     let logits = set.single::<Ix1>(last_logits_key())?;
     let logit = |id: u32| logits.get(id as usize).copied().unwrap_or(f32::NAN);
@@ -275,11 +314,11 @@ fn check_ranking(set: &GoldenSet, ours: &[u32], golden: &[u32], tol: f64) -> Res
         }
         let gap = f64::from((logit(a) - logit(b)).abs());
         if gap > tol || gap.is_nan() {
-            return Ok((false, format!("rank {rank}: ours {a}, HF {b}, whose HF logits differ by {gap:.3e} > {tol:.0e}")));
+            return Ok((false, format!("rank {rank}: ours {a}, HF {b}, whose HF logits differ by {gap:.3e} > {tol:.1e}")));
         }
         ties += 1;
     }
-    let swaps = if ties > 0 { format!(" up to {ties} swaps of ids whose HF logits tie within {tol:.0e}") } else { String::new() };
+    let swaps = if ties > 0 { format!(" up to {ties} swaps of ids whose HF logits tie within {tol:.1e}") } else { String::new() };
     Ok((true, format!("{} ids equal{swaps}", golden.len())))
 }
 

@@ -30,11 +30,14 @@ pub struct SummaryRow {
     pub pending: usize,
     /// How many passes were derived by the suite rather than computed by the port.
     pub derived: usize,
-    /// Float comparisons: the worst error and the tolerance in force there.
-    pub max_abs: Option<f64>,
-    pub tolerance: Option<String>,
+    /// Float comparisons: the worst error against the truth in units of HF float32's own
+    /// (`3.2` = 3.2 times HF's), and the limit in force there.
+    pub max_ratio: Option<f64>,
+    pub limit: Option<String>,
     /// The smallest allowed / actual error over the float comparisons (None: every error is 0).
     pub headroom: Option<f64>,
+    /// The worst |ours - truth| and NMSE against the truth.
+    pub max_abs: Option<f64>,
     pub max_nmse: Option<f64>,
     /// Whether token ids were compared (exactly) in this row.
     pub ids_compared: bool,
@@ -73,19 +76,21 @@ fn summary_row(checkpoint: Checkpoint, mode: Mode, group: &[&Verdict]) -> Summar
         failed,
         pending,
         derived: group.iter().filter(|v| v.status == Status::Pass && v.derived.is_some()).count(),
-        max_abs: None,
-        tolerance: None,
+        max_ratio: None,
+        limit: None,
         headroom: None,
+        max_abs: None,
         max_nmse: None,
         ids_compared: group
             .iter()
             .any(|v| v.key.spec().dtype == DType::I64 && v.comparison.is_none() && (v.status == Status::Pass || v.diverged)),
     };
     for c in group.iter().filter_map(|v| v.comparison.as_ref()) {
-        if row.max_abs.is_none_or(|m| c.max_abs >= m) {
-            row.max_abs = Some(c.max_abs);
-            row.tolerance = Some(c.tolerance.to_string());
+        if row.max_ratio.is_none_or(|m| c.ratio() >= m) {
+            row.max_ratio = Some(c.ratio());
+            row.limit = Some(c.limit.to_string());
         }
+        row.max_abs = Some(row.max_abs.map_or(c.max_abs, |m| m.max(c.max_abs)));
         row.max_nmse = Some(row.max_nmse.map_or(c.nmse, |m| m.max(c.nmse)));
         if c.headroom.is_finite() {
             row.headroom = Some(row.headroom.map_or(c.headroom, |h| h.min(c.headroom)));
@@ -96,8 +101,9 @@ fn summary_row(checkpoint: Checkpoint, mode: Mode, group: &[&Verdict]) -> Summar
 
 /// The summary as a markdown table.
 pub fn summary_table(rows: &[SummaryRow]) -> String {
-    let mut out =
-        String::from("| checkpoint | mode | status | max abs error | tolerance | headroom | max NMSE |\n|---|---|---|---|---|---|---|\n");
+    let mut out = String::from(
+        "| checkpoint | mode | status | worst error (×HF's) | limit | headroom | max abs | max NMSE |\n|---|---|---|---|---|---|---|---|\n",
+    );
     for r in rows {
         let status = match r.status {
             Status::Fail => format!("FAIL ({}/{})", r.failed, r.checks),
@@ -106,17 +112,19 @@ pub fn summary_table(rows: &[SummaryRow]) -> String {
             Status::Pass => format!("pass ({})", r.passed),
         };
         let status = if r.derived > 0 { format!("{status}, {} derived", r.derived) } else { status };
-        let (max_abs, tolerance, headroom, nmse) = match (r.max_abs, &r.tolerance) {
-            (Some(max_abs), Some(tolerance)) => (
-                format!("{max_abs:.2e}"),
-                tolerance.clone(),
+        let dash = || "-".to_string();
+        let (ratio, limit, headroom, max_abs, nmse) = match (r.max_ratio, &r.limit) {
+            (Some(ratio), Some(limit)) => (
+                format!("{ratio:.2}"),
+                limit.clone(),
                 r.headroom.map_or("exact".to_string(), |h| format!("{h:.1}x")),
-                r.max_nmse.map_or("-".to_string(), |n| format!("{n:.1e}")),
+                r.max_abs.map_or_else(dash, |m| format!("{m:.1e}")),
+                r.max_nmse.map_or_else(dash, |n| format!("{n:.1e}")),
             ),
-            _ if r.ids_compared => ("ids".into(), "exact".into(), "-".into(), "-".into()),
-            _ => ("-".into(), "-".into(), "-".into(), "-".into()),
+            _ if r.ids_compared => ("ids".into(), "exact".into(), dash(), dash(), dash()),
+            _ => (dash(), dash(), dash(), dash(), dash()),
         };
-        let _ = writeln!(out, "| {} | {} | {status} | {max_abs} | {tolerance} | {headroom} | {nmse} |", r.checkpoint, r.mode);
+        let _ = writeln!(out, "| {} | {} | {status} | {ratio} | {limit} | {headroom} | {max_abs} | {nmse} |", r.checkpoint, r.mode);
     }
     out
 }

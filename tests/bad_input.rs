@@ -25,14 +25,24 @@ fn tiny_model_dir() -> PathBuf {
     repo().join("fixtures/models/tiny-gpt2")
 }
 
-/// A scratch copy of a directory's files.
+/// A scratch copy of a directory, subdirectories (a golden set's truth/) included.
 fn copy_dir(from: &Path) -> tempfile::TempDir {
     let scratch = tempfile::tempdir().expect("a temporary directory");
+    copy_into(from, scratch.path());
+    scratch
+}
+
+fn copy_into(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).expect("readable fixture") {
         let path = entry.expect("entry").path();
-        std::fs::copy(&path, scratch.path().join(path.file_name().expect("file name"))).expect("copy");
+        let target = to.join(path.file_name().expect("file name"));
+        if path.is_dir() {
+            std::fs::create_dir(&target).expect("mkdir");
+            copy_into(&path, &target);
+        } else {
+            std::fs::copy(&path, target).expect("copy");
+        }
     }
-    scratch
 }
 
 const BLOCK_OUTPUT: TensorKey = tap::block_output(0);

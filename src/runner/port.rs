@@ -310,13 +310,9 @@ pub fn isolated(port: &mut dyn Port, set: &GoldenSet) -> Observations {
     obs
 }
 
-/// The tensors isolated mode compares for `checkpoint` at `layer`: its outputs, except 03's prompt
-/// cache (step 0, a copy of 02's k and v) and decode logits (they need the whole model).
+/// The tensors isolated mode compares for `checkpoint` at `layer`.
 pub fn isolated_outputs(set: &GoldenSet, checkpoint: Checkpoint, layer: Option<usize>) -> Vec<TensorKey> {
-    crate::judge::outputs_of(set, checkpoint, layer)
-        .into_iter()
-        .filter(|k| !(k.checkpoint == Checkpoint::KvCache && (k.step == Some(0) || k.layer.is_none())))
-        .collect()
+    crate::judge::outputs_of(set, checkpoint, layer).into_iter().filter(TensorKey::is_isolated_output).collect()
 }
 
 /// One component on its golden inputs.

@@ -10,34 +10,101 @@
 //!   only what truly changed, saying which, so that a run on another machine leaves the checkout
 //!   clean.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use gpt2_checkpoints::catalog::{DType, Role, TensorKey};
-use gpt2_checkpoints::compare::{Tolerance, compare};
-use gpt2_checkpoints::goldens::{GoldenSet, MANIFEST};
+use gpt2_checkpoints::catalog::{Checkpoint, DType, Role, TensorKey};
+use gpt2_checkpoints::compare::{compare, hf_error};
+use gpt2_checkpoints::goldens::{GoldenSet, MANIFEST, TRUTH_DIR};
+use gpt2_checkpoints::judge::Noise;
+use gpt2_checkpoints::runner::dumps::ISOLATED_DIR;
 use gpt2_checkpoints::tolerances::{Mode, Tolerances};
 
 use crate::extract::SetPlan;
 
-/// How one file of a fresh extraction differs from the committed one, or None when it agrees.
-pub fn file_drift(fresh: &GoldenSet, committed: &GoldenSet, key: TensorKey, tolerances: &Tolerances) -> Result<Option<String>> {
-    Ok(match key.spec().dtype {
-        DType::F32 => {
-            let (ours, golden) = (fresh.f32(key)?, committed.f32(key)?);
-            // HF's top-2 logits (evidence for 12's margin guard) are logits: compared as 08.
-            let tolerance = match key.spec().role {
-                Role::Evidence => Tolerance { atol: tolerances.logits(), rtol: 0.0 },
-                _ => tolerances.for_tensor(key, Mode::Chained),
-            };
-            let c = compare(&key.stem(), ours.view(), golden.view(), tolerance)?;
-            (!c.passed()).then(|| c.report())
+/// The truth is float64 rounded to float32: two machines agree to about an ulp (6e-8 of a value).
+/// More than this, relative to the row's RMS, is a change of the truth, not rounding.
+const TRUTH_DRIFT: f64 = 1e-6;
+
+/// One file of a golden set: HF's float32 golden, or the truth in a mode.
+#[derive(Clone, Copy, Debug)]
+pub enum File {
+    Golden(TensorKey),
+    Truth(TensorKey, Mode),
+}
+
+impl File {
+    /// Every file of a set, goldens then truth.
+    pub fn all(set: &GoldenSet) -> Vec<File> {
+        let keys: Vec<TensorKey> = set.manifest.tensors.iter().filter_map(|e| e.key()).collect();
+        let float_outputs = || keys.iter().copied().filter(|k| k.spec().role == Role::Output && k.spec().dtype == DType::F32);
+        let mut files: Vec<File> = keys.iter().map(|&k| File::Golden(k)).collect();
+        files.extend(float_outputs().map(|k| File::Truth(k, Mode::Chained)));
+        files.extend(float_outputs().filter(TensorKey::is_isolated_output).map(|k| File::Truth(k, Mode::Isolated)));
+        files
+    }
+
+    /// Relative to the set's directory.
+    pub fn path(&self) -> PathBuf {
+        match *self {
+            File::Golden(k) => PathBuf::from(k.file_name()),
+            File::Truth(k, Mode::Chained) => Path::new(TRUTH_DIR).join(k.file_name()),
+            File::Truth(k, Mode::Isolated) => Path::new(TRUTH_DIR).join(ISOLATED_DIR).join(k.file_name()),
         }
-        DType::I64 => {
+    }
+}
+
+/// How one file of a fresh extraction differs from the committed one, or None when it agrees: the
+/// committed HF float32 golden must pass the limits as a port would, judged against the fresh
+/// truth in units of the fresh HF's own error (`noise`, measured on `fresh`); the truth must agree
+/// to rounding; token ids exactly.
+pub fn file_drift(fresh: &GoldenSet, committed: &GoldenSet, noise: &Noise, file: File, tolerances: &Tolerances) -> Result<Option<String>> {
+    Ok(match file {
+        File::Golden(key) if key.spec().dtype == DType::I64 => {
             let (ours, golden) = (fresh.i64(key)?, committed.i64(key)?);
             (ours != golden).then(|| format!("token ids differ: re-extracted {:?}, committed {:?}", ours.as_slice(), golden.as_slice()))
         }
+        File::Golden(key) if key.spec().role == Role::Output => {
+            let (ours, golden, truth) = (committed.f32(key)?, fresh.f32(key)?, fresh.truth(key, Mode::Chained)?);
+            let c = compare(
+                &key.stem(),
+                ours.view(),
+                truth.view(),
+                golden.view(),
+                noise.of(Mode::Chained, key),
+                tolerances.limit(key, Mode::Chained),
+                Tolerances::scale(key),
+            )?;
+            (!c.passed()).then(|| c.summary())
+        }
+        File::Golden(key) => {
+            // Isolated inputs and HF's evidence: HF float32 against HF float32, on the same scale,
+            // within the limit of what they feed (12's top-2 logits are logits: 09's).
+            let (ours, golden) = (fresh.f32(key)?, committed.f32(key)?);
+            let drift = hf_error(ours.view(), golden.view(), Tolerances::scale(key))?;
+            let like =
+                if key.spec().role == Role::Evidence { TensorKey::new(Checkpoint::SelectedLogits, None, None, "last_logits") } else { key };
+            let allowed =
+                tolerances.limit(like, Mode::Chained).allowed(noise.of(Mode::Chained, like).max(noise_of_checkpoint(noise, like)));
+            (drift > allowed).then(|| format!("differs by {drift:.2e} of its row's RMS, more than {allowed:.2e}"))
+        }
+        File::Truth(key, mode) => {
+            let drift = hf_error(fresh.truth(key, mode)?.view(), committed.truth(key, mode)?.view(), Tolerances::scale(key))?;
+            (drift > TRUTH_DRIFT)
+                .then(|| format!("the float64 truth moved by {drift:.2e} of its row's RMS (more than rounding, {TRUTH_DRIFT:.0e})"))
+        }
     })
+}
+
+/// For a tensor that is not itself judged (an isolated input), HF's error at the output it feeds:
+/// the worst of its checkpoint's outputs.
+fn noise_of_checkpoint(noise: &Noise, key: TensorKey) -> f64 {
+    key.checkpoint
+        .tensors()
+        .iter()
+        .filter(|t| t.role == Role::Output && t.dtype == DType::F32)
+        .map(|t| noise.of(Mode::Chained, TensorKey { name: t.name, ..key }))
+        .fold(0.0, f64::max)
 }
 
 pub fn check(staging: &Path, plans: &[SetPlan], root: &Path, tolerances: &Tolerances) -> Result<()> {
@@ -54,11 +121,12 @@ pub fn check(staging: &Path, plans: &[SetPlan], root: &Path, tolerances: &Tolera
             }
         };
         drift.extend(provenance_drift(&fresh, &committed));
-        for entry in &committed.manifest.tensors {
-            let Some(key) = entry.key() else { continue }; // GoldenSet::open checked every entry
+        let noise = Noise::measure(&fresh)?;
+        for file in File::all(&committed) {
             files += 1;
-            if let Some(problem) = file_drift(&fresh, &committed, key, tolerances)? {
-                drift.push(format!("{}: {problem}", committed_dir.join(&entry.file).display()));
+            let problem = file_drift(&fresh, &committed, &noise, file, tolerances).unwrap_or_else(|e| Some(e.to_string()));
+            if let Some(problem) = problem {
+                drift.push(format!("{}: {problem}", committed_dir.join(file.path()).display()));
             }
         }
         drift.extend(stray_files(&committed));
@@ -79,14 +147,14 @@ pub fn keep_agreeing(fresh: &GoldenSet, committed_dir: &Path, tolerances: &Toler
     // The committed files are read as the fresh manifest describes them, so that a change of the
     // manifest's format alone keeps every .npy file.
     let committed = GoldenSet { dir: committed_dir.to_path_buf(), manifest: fresh.manifest.clone() };
+    let noise = Noise::measure(fresh)?;
     let mut changed = Vec::new();
-    for entry in &fresh.manifest.tensors {
-        let Some(key) = entry.key() else { continue };
-        let agrees = matches!(file_drift(fresh, &committed, key, tolerances), Ok(None));
+    for file in File::all(fresh) {
+        let agrees = matches!(file_drift(fresh, &committed, &noise, file, tolerances), Ok(None));
         if agrees {
-            std::fs::copy(committed.dir.join(&entry.file), fresh.dir.join(&entry.file))?;
+            std::fs::copy(committed.dir.join(file.path()), fresh.dir.join(file.path()))?;
         } else {
-            changed.push(entry.file.clone());
+            changed.push(file.path().display().to_string());
         }
     }
     Ok(changed)

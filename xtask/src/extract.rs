@@ -10,14 +10,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use gpt2_checkpoints::catalog::{Checkpoint, DType, TensorKey};
+use gpt2_checkpoints::catalog::{Checkpoint, DType, Role, TensorKey};
 use gpt2_checkpoints::config::Config;
 use gpt2_checkpoints::goldens::{
-    Environment, FORMAT_VERSION, GenerationInfo, GoldenSet, MANIFEST, Manifest, ModelInfo, PromptInfo, TensorEntry,
+    Environment, FORMAT_VERSION, GenerationInfo, GoldenSet, MANIFEST, Manifest, ModelInfo, PromptInfo, TRUTH_DIR, TensorEntry,
 };
+use gpt2_checkpoints::runner::dumps::ISOLATED_DIR;
 use gpt2_checkpoints::tolerances::Tolerances;
 use ndarray::ArrayD;
 use ndarray_npy::WriteNpyExt;
+use num_traits::AsPrimitive;
 use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
@@ -148,20 +150,68 @@ fn extract_set(
     };
 
     let expected: BTreeMap<TensorKey, Vec<usize>> = manifest.dims().all_tensors().into_iter().collect();
+    let written = write_taps(&item("taps")?, dir, &expected, Truth::No)?;
+    if let Some(missing) = expected.keys().find(|k| !written.contains_key(k)) {
+        bail!("{missing}: the catalog expects it but reference/gpt2_taps.py produced no such tap");
+    }
+    // The truth: HF's float64 twin, as float32 (its rounding is ~6e-8 of a value, far below HF
+    // float32's own error), for every float tensor a port is judged on, in both modes.
+    let float_output = |k: &TensorKey| k.spec().role == Role::Output && k.spec().dtype == DType::F32;
+    let chained: BTreeMap<TensorKey, Vec<usize>> = expected.iter().filter(|(k, _)| float_output(k)).map(|(k, s)| (*k, s.clone())).collect();
+    let isolated: BTreeMap<TensorKey, Vec<usize>> =
+        chained.iter().filter(|(k, _)| k.is_isolated_output()).map(|(k, s)| (*k, s.clone())).collect();
+    for (taps, subdir, wanted) in
+        [("truth_taps", TRUTH_DIR.to_string(), &chained), ("isolated_truth_taps", isolated_truth_dir(), &isolated)]
+    {
+        let written = write_taps(&item(taps)?, &dir.join(&subdir), wanted, Truth::Yes)?;
+        if let Some(missing) = wanted.keys().find(|k| !written.contains_key(k)) {
+            bail!("{missing}: reference/gpt2_taps.py produced no float64 truth for it in {taps}");
+        }
+    }
+    manifest.tensors = written.into_values().collect();
+    std::fs::write(dir.join(MANIFEST), manifest.to_json()).with_context(|| format!("cannot write {}", dir.join(MANIFEST).display()))?;
+    Ok(())
+}
+
+/// Whether taps are the float64 truth (written as float32, floats only) or HF's own goldens.
+#[derive(Clone, Copy, PartialEq)]
+enum Truth {
+    No,
+    Yes,
+}
+
+/// `truth/isolated`, relative to a golden set.
+fn isolated_truth_dir() -> String {
+    format!("{TRUTH_DIR}/{ISOLATED_DIR}")
+}
+
+/// Writes every tap of `taps` that `wanted` lists into `dir`, checking its shape; the truth's
+/// ids are HF float32's and are not written. Returns the manifest entry of each file.
+fn write_taps(
+    taps: &Bound<'_, PyAny>,
+    dir: &Path,
+    wanted: &BTreeMap<TensorKey, Vec<usize>>,
+    truth: Truth,
+) -> Result<BTreeMap<TensorKey, TensorEntry>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut written: BTreeMap<TensorKey, TensorEntry> = BTreeMap::new();
-    for tap in item("taps")?.try_iter()? {
-        let tap = tap?;
-        let (checkpoint, layer, step, name, array): (u8, Option<usize>, Option<usize>, String, Bound<'_, PyAny>) = tap.extract()?;
+    for tap in taps.try_iter()? {
+        let (checkpoint, layer, step, name, array): (u8, Option<usize>, Option<usize>, String, Bound<'_, PyAny>) = tap?.extract()?;
         let key = Checkpoint::from_id(checkpoint)
             .and_then(|c| TensorKey::find(c, layer, step, &name))
             .ok_or_else(|| anyhow!("reference/gpt2_taps.py produced tap ({checkpoint}, layer {layer:?}, step {step:?}, {name:?}), which the checkpoint catalog (src/catalog.rs) does not have"))?;
-        let shape = expected.get(&key).ok_or_else(|| anyhow!("{key}: not expected for this model"))?;
+        let Some(shape) = wanted.get(&key) else {
+            if truth == Truth::Yes {
+                continue; // ids and evidence of the float64 run: not part of the truth
+            }
+            bail!("{key}: not expected for this model");
+        };
         let path = dir.join(key.file_name());
         let spec = key.spec();
-        let actual_shape = match spec.dtype {
-            DType::F32 => write_array::<f32>(&array, &path)?,
-            DType::I64 => write_array::<i64>(&array, &path)?,
+        let actual_shape = match (spec.dtype, truth) {
+            (DType::F32, Truth::No) => write_array::<f32, f32>(&array, &path)?,
+            (DType::F32, Truth::Yes) => write_array::<f64, f32>(&array, &path)?,
+            (DType::I64, _) => write_array::<i64, i64>(&array, &path)?,
         };
         if &actual_shape != shape {
             bail!("{key}: HF produced shape {actual_shape:?}, the catalog expects {shape:?}");
@@ -179,20 +229,19 @@ fn extract_set(
             bail!("{key}: tapped twice; the reference's hooks fired more often than once per forward pass");
         }
     }
-    if let Some(missing) = expected.keys().find(|k| !written.contains_key(k)) {
-        bail!("{missing}: the catalog expects it but reference/gpt2_taps.py produced no such tap");
-    }
-    manifest.tensors = written.into_values().collect();
-    std::fs::write(dir.join(MANIFEST), manifest.to_json()).with_context(|| format!("cannot write {}", dir.join(MANIFEST).display()))?;
-    Ok(())
+    Ok(written)
 }
 
-/// Writes a numpy array of element type T as .npy and returns its shape.
-fn write_array<T: numpy::Element + ndarray_npy::WritableElement + Clone>(array: &Bound<'_, PyAny>, path: &Path) -> Result<Vec<usize>> {
+/// Writes a numpy array of element type `T` as .npy of element type `W` and returns its shape.
+fn write_array<T, W>(array: &Bound<'_, PyAny>, path: &Path) -> Result<Vec<usize>>
+where
+    T: numpy::Element + Copy + AsPrimitive<W>,
+    W: ndarray_npy::WritableElement + Copy + 'static,
+{
     let array: PyReadonlyArrayDyn<'_, T> =
         array.extract().map_err(|e| anyhow!("{}: expected a numpy array of {}: {e}", path.display(), std::any::type_name::<T>()))?;
     let shape = array.shape().to_vec();
-    let owned: ArrayD<T> = array.as_array().to_owned();
+    let owned: ArrayD<W> = array.as_array().mapv(|v| v.as_());
     let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     owned.write_npy(std::io::BufWriter::new(file)).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(shape)
@@ -216,7 +265,11 @@ pub fn install(staging: &Path, plans: &[SetPlan], root: &Path, tolerances: &Tole
         std::fs::rename(&from, &to).with_context(|| format!("cannot move {} into place", to.display()))?;
         match changed.as_slice() {
             [] => eprintln!("{}: every file agrees with the committed one within the tolerances; kept", to.display()),
-            changed => eprintln!("wrote {}: {} files changed ({})", to.display(), changed.len(), changed.join(", ")),
+            changed => {
+                let shown = changed.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+                let more = if changed.len() > 4 { format!(", and {} more", changed.len() - 4) } else { String::new() };
+                eprintln!("wrote {}: {} files changed ({shown}{more})", to.display(), changed.len());
+            }
         }
     }
     Ok(())

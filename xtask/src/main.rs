@@ -32,8 +32,10 @@ use extract::{Generation, SetPlan};
 use make_model::Preset;
 use python::Venv;
 
-/// The fixture model the committed goldens come from.
+/// The fixture models the committed goldens come from: HF's own initialisation, and the same
+/// size class edited to real GPT-2's statistics.
 const TINY_MODEL: &str = "fixtures/models/tiny-gpt2";
+const TINY_STATS_MODEL: &str = "fixtures/models/tiny-gpt2-stats";
 const GOLDENS: &str = "fixtures/goldens";
 const TOLERANCES: &str = "fixtures/tolerances.yaml";
 
@@ -57,7 +59,8 @@ enum Command {
     /// Run HF GPT-2 on the prompts and write its goldens for all 13 checkpoints.
     ExtractGoldens {
         /// A GPT-2 directory saved with save_pretrained, or a hub id (openai-community/gpt2). Repeatable.
-        #[arg(long = "model", default_values_t = [TINY_MODEL.to_string()])]
+        /// Default: the committed fixtures and their prompts.
+        #[arg(long = "model")]
         models: Vec<String>,
         /// Prompt text. Repeatable; default: the three committed prompts.
         #[arg(long = "prompt")]
@@ -141,12 +144,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Create the tiny GPT-2 fixture with HF (fixed seed) and save it with save_pretrained.
+    /// Create a committed fixture with HF (fixed seed) and save it with save_pretrained.
     MakeTinyModel {
-        #[arg(long, default_value_os_t = project_root().join(TINY_MODEL))]
-        out: PathBuf,
-        #[arg(long, default_value_t = make_model::TINY_SEED)]
-        seed: u64,
+        /// The fixture with real GPT-2 statistics (fixtures/models/tiny-gpt2-stats).
+        #[arg(long)]
+        stats: bool,
+        /// Default: the fixture's directory under fixtures/models.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Create a GPT-2 with the real shapes of a preset and random weights, with HF (not committed).
     MakeModel {
@@ -154,6 +159,9 @@ enum Command {
         preset: Preset,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Edit HF's initialisation to real GPT-2's statistics (biases, LayerNorm, outliers, logits).
+        #[arg(long)]
+        real_stats: bool,
         /// Default: target/models/<preset>.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -201,7 +209,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::ExtractGoldens { models, prompts, out, new_tokens, check } => {
             let generation = Generation { new_tokens, ..Generation::default() };
-            let plans = if check { committed_plans(&out)? } else { plan(&models, &prompts, generation)? };
+            let plans = match (check, models.is_empty(), prompts.is_empty()) {
+                (true, _, _) => committed_plans(&out)?,
+                (false, true, true) => committed_sets(generation)?,
+                (false, true, false) => plan(&[TINY_MODEL.to_string()], &prompts, generation)?,
+                (false, false, _) => plan(&models, &prompts, generation)?,
+            };
             let venv = Venv::ensure()?;
             if check {
                 let tolerances = Tolerances::load(&root.join(TOLERANCES))?;
@@ -228,12 +241,29 @@ fn run(cli: Cli) -> Result<()> {
             };
             compare::dump_reference(&goldens, &model, &out)
         }
-        Command::MakeTinyModel { out, seed } => make_model::make_model(&Venv::ensure()?, Preset::Tiny, &out, seed),
-        Command::MakeModel { preset, seed, out } => {
+        Command::MakeTinyModel { stats, out } => {
+            let (preset, model, seed) = if stats {
+                (Preset::TinyStats, TINY_STATS_MODEL, make_model::TINY_STATS_SEED)
+            } else {
+                (Preset::Tiny, TINY_MODEL, make_model::TINY_SEED)
+            };
+            make_model::make_model(&Venv::ensure()?, preset, &out.unwrap_or_else(|| root.join(model)), seed, stats)
+        }
+        Command::MakeModel { preset, seed, real_stats, out } => {
             let out = out.unwrap_or_else(|| root.join("target").join("models").join(preset.name()));
-            make_model::make_model(&Venv::ensure()?, preset, &out, seed)
+            make_model::make_model(&Venv::ensure()?, preset, &out, seed, real_stats)
         }
     }
+}
+
+/// What a plain `extract-goldens` writes: every prompt on the tiny fixture, the two short ones on
+/// the fixture with real statistics (the long prompt's vocabulary-sized tensors and their truth
+/// would add about 25 MB there).
+fn committed_sets(generation: Generation) -> Result<Vec<SetPlan>> {
+    let prompts = |n: usize| PROMPTS[..n].iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let mut plans = plan(&[TINY_MODEL.to_string()], &prompts(PROMPTS.len()), generation)?;
+    plans.extend(plan(&[TINY_STATS_MODEL.to_string()], &prompts(2), generation)?);
+    Ok(plans)
 }
 
 /// Every (model, prompt) pair, after checking what can be checked before Python starts.
