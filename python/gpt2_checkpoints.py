@@ -82,7 +82,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 
 #: The 13 checkpoint labels, indexed by checkpoint number: ``CHECKPOINTS[7] == "07_block"``.

@@ -139,6 +139,11 @@ impl Noise {
         Ok(noise)
     }
 
+    /// Every measurement: (mode, checkpoint, tensor name) and HF's error.
+    pub fn iter(&self) -> impl Iterator<Item = (Mode, Checkpoint, &'static str, f64)> + '_ {
+        self.errors.iter().map(|(&(mode, checkpoint, name), &error)| (mode, checkpoint, name, error))
+    }
+
     /// HF's error for `key`'s tensor in `mode` (0 when it was not measured).
     pub fn of(&self, mode: Mode, key: TensorKey) -> f64 {
         self.errors.get(&(mode, key.checkpoint, key.name)).copied().unwrap_or(0.0)

@@ -115,6 +115,9 @@ enum Command {
         /// Also print every check with its worst elements.
         #[arg(long)]
         verbose: bool,
+        /// First print HF float32's own error against the float64 truth, per tensor and model.
+        #[arg(long)]
+        noise: bool,
     },
     /// Judge ports from their dumps (CHECKPOINTS.md, "The dump protocol"): one table for all.
     /// Exit 0: nothing present fails and everything claimed is present; 1: a failure; 2: bad input.
@@ -232,7 +235,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { model, threads, runs } => bench::bench(&Venv::ensure()?, &model, &threads, runs),
         Command::BenchRust { model, threads, runs } => bench::bench_rust(&model, threads, runs),
-        Command::Measure { goldens, verbose } => measure::measure(&goldens, &Tolerances::load(&root.join(TOLERANCES))?, verbose),
+        Command::Measure { goldens, verbose, noise } => {
+            measure::measure(&goldens, &Tolerances::load(&root.join(TOLERANCES))?, verbose, noise)
+        }
         Command::Compare { .. } => bail!("compare is dispatched by main with its own exit codes"),
         Command::DumpReference { goldens, model, out } => {
             let model = match model {
