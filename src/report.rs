@@ -99,6 +99,11 @@ fn summary_row(checkpoint: Checkpoint, mode: Mode, group: &[&Verdict]) -> Summar
     row
 }
 
+/// `4.4x`; `2e6x` where the error is far below the limit.
+pub fn headroom(h: f64) -> String {
+    if h >= 1e4 { format!("{h:.0e}x") } else { format!("{h:.1}x") }
+}
+
 /// The summary as a markdown table.
 pub fn summary_table(rows: &[SummaryRow]) -> String {
     let mut out = String::from(
@@ -117,7 +122,7 @@ pub fn summary_table(rows: &[SummaryRow]) -> String {
             (Some(ratio), Some(limit)) => (
                 format!("{ratio:.2}"),
                 limit.clone(),
-                r.headroom.map_or("exact".to_string(), |h| format!("{h:.1}x")),
+                r.headroom.map_or("exact".to_string(), headroom),
                 r.max_abs.map_or_else(dash, |m| format!("{m:.1e}")),
                 r.max_nmse.map_or_else(dash, |n| format!("{n:.1e}")),
             ),

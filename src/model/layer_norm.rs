@@ -29,3 +29,37 @@ impl LayerNorm {
         y
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_abs_diff_eq;
+    use ndarray::array;
+
+    /// The float64 formula, for comparison.
+    fn layer_norm_f64(x: &[f64], w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
+        let n = x.len() as f64;
+        let mean = x.iter().sum::<f64>() / n;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        x.iter().zip(w).zip(b).map(|((v, w), b)| (v - mean) / (var + eps).sqrt() * w + b).collect()
+    }
+
+    #[test]
+    fn a_row_with_a_3000_channel_keeps_its_small_values() {
+        let x = array![[3000.0f32, 0.1, -0.2, 0.15, 0.05, -0.1]];
+        let ln = LayerNorm { weight: array![0.01f32, 1.5, 0.8, 2.0, 1.0, 0.3], bias: array![0.0f32, 0.2, -0.5, 0.1, 0.0, 0.4], eps: 1e-5 };
+        let to64 = |a: &Array1<f32>| a.iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
+        let expected =
+            layer_norm_f64(&x.row(0).iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), &to64(&ln.weight), &to64(&ln.bias), 1e-5);
+        let expected = Array2::from_shape_vec((1, 6), expected.into_iter().map(|v| v as f32).collect()).expect("6 values");
+        assert_abs_diff_eq!(ln.forward(x.view()), expected, epsilon = 1e-6);
+    }
+
+    #[test]
+    fn eps_is_inside_the_root_and_the_variance_is_biased() {
+        let x = array![[1.0f32, -1.0]]; // mean 0, biased variance 1
+        let ln = LayerNorm { weight: array![1.0f32, 1.0], bias: array![0.0f32, 0.0], eps: 0.21 };
+        let expected = 1.0 / 1.21f32.sqrt(); // 1 / sqrt(1 + eps); unbiased or outside: 1/sqrt(2), 1/1.21
+        assert_abs_diff_eq!(ln.forward(x.view()), array![[expected, -expected]], epsilon = 1e-7);
+    }
+}

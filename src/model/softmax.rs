@@ -31,3 +31,29 @@ where
         softmax_row(row);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_abs_diff_eq;
+    use ndarray::array;
+
+    #[test]
+    fn real_gpt2_logits_do_not_overflow() {
+        // logits of real GPT-2 are large and negative: exp without the max shift is 0/0
+        let mut row = array![-165.0f32, -120.0, -121.0, -300.0];
+        softmax_row(row.view_mut());
+        let (e0, e2) = ((-45.0f64).exp(), (-1.0f64).exp());
+        let sum = 1.0 + e0 + e2 + (-180.0f64).exp();
+        assert_abs_diff_eq!(row, array![(e0 / sum) as f32, (1.0 / sum) as f32, (e2 / sum) as f32, 0.0], epsilon = 1e-9);
+    }
+
+    #[test]
+    fn masked_entries_get_zero_weight() {
+        let mut x = array![[0.5f32, MASKED], [0.25, 0.75]];
+        softmax_last_axis(&mut x);
+        assert_eq!(x[[0, 0]], 1.0);
+        assert_eq!(x[[0, 1]], 0.0);
+        assert_abs_diff_eq!(x.row(1).sum(), 1.0, epsilon = 1e-7);
+    }
+}

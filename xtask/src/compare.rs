@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use gpt2_checkpoints::goldens::GoldenSet;
 use gpt2_checkpoints::judge::{Claims, Status, Verdict, judge};
 use gpt2_checkpoints::model::Reference;
-use gpt2_checkpoints::report::{JsonReport, JsonVerdict, SummaryRow, failure_message, first_divergence, summarize, summary_table};
+use gpt2_checkpoints::report::{self, JsonReport, JsonVerdict, SummaryRow, failure_message, first_divergence, summarize, summary_table};
 use gpt2_checkpoints::runner::{self, dumps};
 use gpt2_checkpoints::tolerances::Tolerances;
 
@@ -91,7 +91,7 @@ fn side_by_side(reports: &[CandidateReport]) -> String {
                 Status::Pending => "pending".to_string(),
             };
             let worst = row.max_abs.map_or("-".to_string(), |m| format!("{m:.2e}"));
-            let headroom = row.headroom.map_or("-".to_string(), |h| format!("{h:.1}x"));
+            let headroom = row.headroom.map_or("-".to_string(), report::headroom);
             let _ = write!(out, " {status} | {worst} | {headroom} |");
         }
         out.push('\n');

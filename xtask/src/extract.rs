@@ -77,7 +77,9 @@ pub fn model_name(source: &str) -> String {
 
 /// Extracts every planned set into a staging directory under `staging_parent` and returns it.
 /// Nothing outside the staging directory is touched.
-pub fn extract_all(venv: &Venv, plans: &[SetPlan], staging_parent: &Path) -> Result<tempfile::TempDir> {
+/// `threads`: torch's thread count (1 for the committed goldens; more only to show that the
+/// limits absorb what the thread count changes).
+pub fn extract_all(venv: &Venv, plans: &[SetPlan], staging_parent: &Path, threads: usize) -> Result<tempfile::TempDir> {
     let unwritable = |e: std::io::Error| anyhow!("cannot write goldens under {} ({e}): choose a writable --out", staging_parent.display());
     std::fs::create_dir_all(staging_parent).map_err(unwritable)?;
     let staging = tempfile::Builder::new().prefix(".staging-").tempdir_in(staging_parent).map_err(unwritable)?;
@@ -87,7 +89,7 @@ pub fn extract_all(venv: &Venv, plans: &[SetPlan], staging_parent: &Path) -> Res
             if !loaded.contains_key(plan.source.as_str()) {
                 eprintln!("loading {}", plan.source);
                 let pair = reference
-                    .call_method1("load", (resolve_source(&plan.source),))
+                    .call_method1("load", (resolve_source(&plan.source), threads))
                     .and_then(|r| r.extract())
                     .map_err(|e| python_error(py, e))?;
                 loaded.insert(&plan.source, pair);

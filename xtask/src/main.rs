@@ -74,6 +74,10 @@ enum Command {
         /// Re-extract the committed goldens under --out and compare instead of writing.
         #[arg(long)]
         check: bool,
+        /// torch threads (the committed goldens use 1; `--check --threads 2` shows the limits
+        /// absorb what the thread count changes).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Extract goldens for any GPT-2 into target/validate and run all 13 checkpoints against them.
     Validate {
@@ -210,7 +214,7 @@ fn compare_exit(goldens: &Path, candidates: &[String], claims: &str, json: &Path
 fn run(cli: Cli) -> Result<()> {
     let root = project_root();
     match cli.command {
-        Command::ExtractGoldens { models, prompts, out, new_tokens, check } => {
+        Command::ExtractGoldens { models, prompts, out, new_tokens, check, threads } => {
             let generation = Generation { new_tokens, ..Generation::default() };
             let plans = match (check, models.is_empty(), prompts.is_empty()) {
                 (true, _, _) => committed_plans(&out)?,
@@ -221,10 +225,10 @@ fn run(cli: Cli) -> Result<()> {
             let venv = Venv::ensure()?;
             if check {
                 let tolerances = Tolerances::load(&root.join(TOLERANCES))?;
-                let staging = extract::extract_all(&venv, &plans, &root.join("target").join("goldens-check"))?;
+                let staging = extract::extract_all(&venv, &plans, &root.join("target").join("goldens-check"), threads)?;
                 check::check(staging.path(), &plans, &out, &tolerances)
             } else {
-                let staging = extract::extract_all(&venv, &plans, &out)?;
+                let staging = extract::extract_all(&venv, &plans, &out, threads)?;
                 extract::install(staging.path(), &plans, &out, &Tolerances::load(&root.join(TOLERANCES))?)
             }
         }

@@ -28,7 +28,7 @@ pub fn validate(venv: &Venv, source: &str, plans: Vec<SetPlan>, tolerances: &Tol
     })?;
     let plans: Vec<SetPlan> = plans.into_iter().map(|p| SetPlan { source: model_dir.clone(), ..p }).collect();
     let root = project_root().join("target").join("validate");
-    let staging = extract::extract_all(venv, &plans, &root)?;
+    let staging = extract::extract_all(venv, &plans, &root, 1)?;
     extract::install(staging.path(), &plans, &root, tolerances)?;
     eprintln!("goldens extracted in {:.1} s; loading {model_dir} into the reference", start.elapsed().as_secs_f64());
     let mut reference = Reference::load(&PathBuf::from(&model_dir))?;
