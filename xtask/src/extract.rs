@@ -103,6 +103,26 @@ pub fn extract_all(venv: &Venv, plans: &[SetPlan], staging_parent: &Path, thread
     Ok(staging)
 }
 
+/// Plans whose model is a hub id get the local directory HF downloads it to (online), so that the
+/// manifest names a directory the suite and `measure` can load the model from.
+pub fn localize(venv: &Venv, plans: Vec<SetPlan>) -> Result<Vec<SetPlan>> {
+    venv.with_reference(|py, reference| {
+        plans
+            .into_iter()
+            .map(|plan| {
+                if Path::new(&resolve_source(&plan.source)).is_dir() {
+                    return Ok(plan);
+                }
+                let dir: String = reference
+                    .call_method1("local_dir", (plan.source.as_str(),))
+                    .and_then(|d| d.extract())
+                    .map_err(|e| python_error(py, e))?;
+                Ok(SetPlan { source: dir, ..plan })
+            })
+            .collect()
+    })
+}
+
 /// A relative directory is relative to the repository, whatever the current directory.
 pub fn resolve_source(source: &str) -> String {
     let path = crate::project_root().join(source);

@@ -228,6 +228,7 @@ fn run(cli: Cli) -> Result<()> {
                 let staging = extract::extract_all(&venv, &plans, &root.join("target").join("goldens-check"), threads)?;
                 check::check(staging.path(), &plans, &out, &tolerances)
             } else {
+                let plans = extract::localize(&venv, plans)?;
                 let staging = extract::extract_all(&venv, &plans, &out, threads)?;
                 extract::install(staging.path(), &plans, &out, &Tolerances::load(&root.join(TOLERANCES))?)
             }

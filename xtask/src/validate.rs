@@ -15,18 +15,15 @@ use gpt2_checkpoints::model::Reference;
 use gpt2_checkpoints::report::{first_divergence, summarize, summary_table, verdict_line};
 use gpt2_checkpoints::runner;
 use gpt2_checkpoints::tolerances::Tolerances;
-use pyo3::types::PyAnyMethods;
 
 use crate::extract::{self, SetPlan};
 use crate::project_root;
-use crate::python::{Venv, python_error};
+use crate::python::Venv;
 
 pub fn validate(venv: &Venv, source: &str, plans: Vec<SetPlan>, tolerances: &Tolerances) -> Result<()> {
     let start = Instant::now();
-    let model_dir: String = venv.with_reference(|py, reference| {
-        reference.call_method1("local_dir", (extract::resolve_source(source),)).and_then(|d| d.extract()).map_err(|e| python_error(py, e))
-    })?;
-    let plans: Vec<SetPlan> = plans.into_iter().map(|p| SetPlan { source: model_dir.clone(), ..p }).collect();
+    let plans = extract::localize(venv, plans)?;
+    let model_dir = plans.first().map(|p| extract::resolve_source(&p.source)).unwrap_or_default();
     let root = project_root().join("target").join("validate");
     let staging = extract::extract_all(venv, &plans, &root, 1)?;
     extract::install(staging.path(), &plans, &root, tolerances)?;
