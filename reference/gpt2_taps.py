@@ -267,13 +267,22 @@ def _tapped_forward(model, recorder, ids, use_cache):
         _RECORDER = None
 
 
+def _np(tensor):
+    """A tensor as a numpy array; bfloat16 and float16 (which numpy lacks or the xtask does not read)
+    widened to float64, exactly."""
+    tensor = tensor.detach()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.to(torch.float64)
+    return tensor.numpy().copy()
+
+
 def _cache_taps(cache, step, n_layer):
     """03: keys and values of every layer as HF's DynamicCache holds them, [B, H, S, D]."""
     taps = []
     for i in range(n_layer):
         layer = cache.layers[i]
-        taps.append((3, i, step, "keys", layer.keys.detach().numpy().copy()))
-        taps.append((3, i, step, "values", layer.values.detach().numpy().copy()))
+        taps.append((3, i, step, "keys", _np(layer.keys)))
+        taps.append((3, i, step, "values", _np(layer.values)))
     return taps
 
 
@@ -310,8 +319,8 @@ def _sampling_taps(ids, last, temperature, top_k):
     warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k)])
     warped = warpers(ids, last.clone())
     return [
-        (11, None, None, "probs", torch.softmax(last, dim=-1).numpy().copy()),
-        (11, None, None, "probs_warped", torch.softmax(warped, dim=-1).numpy().copy()),
+        (11, None, None, "probs", _np(torch.softmax(last, dim=-1))),
+        (11, None, None, "probs_warped", _np(torch.softmax(warped, dim=-1))),
         (11, None, None, "top_ids", _ids(torch.topk(last, top_k, dim=-1).indices)),
     ]
 
@@ -319,7 +328,7 @@ def _sampling_taps(ids, last, temperature, top_k):
 def _head_taps(ids, last, temperature, top_k):
     """09-11 from HF's last-position logits `last` [B, V]: the logits, their argmax, the sampling taps."""
     return [
-        (9, None, None, "last_logits", last.numpy().copy()),
+        (9, None, None, "last_logits", _np(last)),
         (10, None, None, "next_token", _ids(torch.argmax(last, dim=-1))),
     ] + _sampling_taps(ids, last, temperature, top_k)
 
@@ -363,7 +372,7 @@ def _decode_taps(model, ids, cache, decode_ids):
         decode_logits.append(step_out.logits[0, -1, :])
         taps += _cache_taps(cache, step, n_layer)
     taps.append((3, None, None, "decode_ids", _ids(decode_ids)))
-    taps.append((3, None, None, "decode_logits", torch.stack(decode_logits).numpy().copy()))
+    taps.append((3, None, None, "decode_logits", _np(torch.stack(decode_logits))))
     return taps
 
 
@@ -371,25 +380,31 @@ def _decode_taps(model, ids, cache, decode_ids):
 # Truth: the same HF model in float64
 
 
-def _float64_twin(model):
-    """A float64 deep copy of `model`: the same weights (float32 -> float64 is exact), the same HF code
-    path (eager, our tap attention, eval mode). Its rounding error is ~1e-16 relative: the truth."""
-    twin = copy.deepcopy(model).to(torch.float64)
+def _twin(model, dtype):
+    """A deep copy of `model` in `dtype`, with the same HF code path (eager, our tap attention, eval
+    mode). In float64 (float32 -> float64 is exact) its rounding error is ~1e-16 relative: the truth.
+    In bfloat16 or float16 it is what HF itself gives at that precision: the unit a port running in
+    that precision is judged in."""
+    twin = copy.deepcopy(model).to(dtype)
     twin.eval()
     return twin
 
 
-def _truth_taps(model64, ids, new_ids, decode_steps, temperature, top_k):
-    """Every tap of `extract`, from the float64 twin fed the same token ids as the float32 run.
+#: The precision profiles besides float32: their name in the manifest and torch's dtype.
+LOW_PRECISIONS = {"bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def _truth_taps(twin, ids, new_ids, decode_steps, temperature, top_k):
+    """Every tap of `extract`, from a twin (float64: the truth) fed the same token ids as the float32 run.
 
     The prompt `ids`, the decode ids and `new_ids` are the float32 run's (HF float32's greedy tokens),
     so that every float tensor is the float64 value of the very computation the golden records.
     """
-    taps, out = _prefill(model64, ids, torch.float64)
+    taps, out = _prefill(twin, ids, torch.float64)
     taps += _head_taps(ids, out.logits[:, -1, :], temperature, top_k)
     taps.append((12, None, None, "new_ids", _ids(new_ids)))
-    taps.append((12, None, None, "top2_logits", _top2_along(model64, ids, new_ids).numpy().copy()))
-    taps += _decode_taps(model64, ids, out.past_key_values, new_ids[:decode_steps])
+    taps.append((12, None, None, "top2_logits", _np(_top2_along(twin, ids, new_ids))))
+    taps += _decode_taps(twin, ids, out.past_key_values, new_ids[:decode_steps])
     return taps
 
 
@@ -422,15 +437,15 @@ _BLOCK_OUTPUTS = frozenset({(7, "output")})
 _COPIED_OUTPUTS = frozenset({(3, "keys"), (3, "values"), (9, "last_logits")})
 
 
-def _replaced_run(model64, ids, golden, inputs, outputs):
+def _replaced_run(twin, ids, golden, inputs, outputs):
     """A tapped float64 run with the goldens at `inputs` [(checkpoint, layer, name)] swapped in; returns
     the float64 taps whose (checkpoint, name) is in `outputs`."""
     recorder = _Recorder(torch.float64, {key: golden[(*key[:2], None, key[2])] for key in inputs})
-    _tapped_forward(model64, recorder, ids, use_cache=False)
+    _tapped_forward(twin, recorder, ids, use_cache=False)
     return [tap for tap in recorder.taps if (tap[0], tap[3]) in outputs]
 
 
-def _isolated_truth_taps(model64, ids, golden_taps, temperature, top_k):
+def _isolated_truth_taps(twin, ids, golden_taps, temperature, top_k):
     """The truth of every float output isolated mode compares: HF's float64 modules on the golden inputs.
 
     `golden_taps` are the float32 run's taps. Per `isolated_values`: 00 ids -> embeddings; 01 golden
@@ -440,19 +455,22 @@ def _isolated_truth_taps(model64, ids, golden_taps, temperature, top_k):
     probs, probs_warped. Token ids (10, 11's top_ids, 12) are not included.
     """
     golden = {(c, layer, step, name): array for c, layer, step, name, array in golden_taps}
-    layers = range(model64.config.n_layer)
+    layers = range(twin.config.n_layer)
     component_inputs = [(c, layer, name) for layer in layers for c, name in _COMPONENT_INPUTS]
     component_inputs += [(c, None, name) for c, name in _HEAD_INPUTS]
-    taps = _replaced_run(model64, ids, golden, component_inputs, _COMPONENT_OUTPUTS)
-    taps += _replaced_run(model64, ids, golden, [(7, layer, "input") for layer in layers], _BLOCK_OUTPUTS)
-    taps += [(c, layer, step, name, a.astype(np.float64)) for (c, layer, step, name), a in golden.items() if (c, name) in _COPIED_OUTPUTS]
-    last = torch.from_numpy(golden[(9, None, None, "last_logits")]).to(torch.float64)
+    taps = _replaced_run(twin, ids, golden, component_inputs, _COMPONENT_OUTPUTS)
+    taps += _replaced_run(twin, ids, golden, [(7, layer, "input") for layer in layers], _BLOCK_OUTPUTS)
+    dtype = next(twin.parameters()).dtype
+    # a copy, held in the twin's dtype: exact in float64, rounded in bfloat16 or float16
+    copied = [(key, torch.from_numpy(a).to(dtype).to(torch.float64).numpy()) for key, a in golden.items() if (key[0], key[3]) in _COPIED_OUTPUTS]
+    taps += [(c, layer, step, name, a) for (c, layer, step, name), a in copied]
+    last = torch.from_numpy(golden[(9, None, None, "last_logits")]).to(dtype)
     taps += [tap for tap in _sampling_taps(ids, last, temperature, top_k) if tap[3] != "top_ids"]
     return taps
 
 
 @torch.inference_mode()
-def extract(model, tokenizer, prompt, new_tokens, decode_steps, temperature, top_k):
+def extract(model, tokenizer, prompt, new_tokens, decode_steps, temperature, top_k, precisions=()):
     """Runs HF GPT-2 on `prompt` and returns every golden tap, the truth, and the provenance the manifest needs.
 
     Keys:
@@ -463,6 +481,9 @@ def extract(model, tokenizer, prompt, new_tokens, decode_steps, temperature, top
         prompt and float32's greedy tokens. Masked scores hold finfo(float64).min, not float32's.
       "isolated_truth_taps": the float64 truth of every float output of isolated mode (see
         `_isolated_truth_taps`), same shapes; no ids, no 03 decode_logits (chained only).
+      "precision_taps": for each name in `precisions` ("bf16", "f16"), {"chained": ..., "isolated": ...}:
+        the same two sets of taps from a twin in that dtype instead of float64 (HF's own error at that
+        precision, which the xtask measures against the truth and keeps in the manifest).
       "prompt_ids", "new_ids", "generated_text", "config_json": provenance for the manifest.
     """
     config = model.config
@@ -477,11 +498,21 @@ def extract(model, tokenizer, prompt, new_tokens, decode_steps, temperature, top
     taps.append((12, None, None, "top2_logits", top2.numpy().copy()))
     taps += _decode_taps(model, ids, out.past_key_values, new_ids[:decode_steps])
 
-    model64 = _float64_twin(model)
+    def both_modes(twin):
+        return _truth_taps(twin, ids, new_ids, decode_steps, temperature, top_k), _isolated_truth_taps(twin, ids, taps, temperature, top_k)
+
+    truth_taps, isolated_truth_taps = both_modes(_twin(model, torch.float64))
+    precision_taps = {}
+    for name in precisions:
+        if name not in LOW_PRECISIONS:
+            raise GoldenInputError(f"precision {name!r} is not one of {sorted(LOW_PRECISIONS)}")
+        chained, isolated = both_modes(_twin(model, LOW_PRECISIONS[name]))
+        precision_taps[name] = {"chained": chained, "isolated": isolated}
     return {
         "taps": taps,
-        "truth_taps": _truth_taps(model64, ids, new_ids, decode_steps, temperature, top_k),
-        "isolated_truth_taps": _isolated_truth_taps(model64, ids, taps, temperature, top_k),
+        "truth_taps": truth_taps,
+        "isolated_truth_taps": isolated_truth_taps,
+        "precision_taps": precision_taps,
         "prompt_ids": ids[0].tolist(),
         "new_ids": new_ids.tolist(),
         "generated_text": tokenizer.decode(new_ids, clean_up_tokenization_spaces=False),

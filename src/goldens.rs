@@ -6,6 +6,7 @@
 //! tensor checks it against the manifest: a missing or truncated file, or a dtype or shape that
 //! disagrees, is an error that names the file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
@@ -34,6 +35,11 @@ pub struct Manifest {
     pub generation: GenerationInfo,
     pub environment: Environment,
     pub tensors: Vec<TensorEntry>,
+    /// HF's own error at a lower precision ("bf16", "f16"), by "<mode>/<checkpoint>.<tensor>"
+    /// (`chained/07_block.output`): the worst over layers and steps, on the comparison's scale.
+    /// A port judged with that precision profile is held to a multiple of these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub precision_noise: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -31,7 +31,7 @@ use crate::judge::{Claims, Status, Verdict, judge};
 use crate::port::Port;
 use crate::report::{failure_message, mode_name, summarize, summary_table};
 use crate::runner;
-use crate::tolerances::{Mode, Tolerances};
+use crate::tolerances::{Mode, Precision, Tolerances};
 
 /// This crate's own directory: where the shipped fixtures are.
 pub fn crate_dir() -> &'static Path {
@@ -84,9 +84,15 @@ impl Suite {
         Ok(Suite { sets, tolerances, claims, make, verdicts })
     }
 
-    /// The goldens and tolerances of [`goldens_dir`] and [`tolerances_path`].
+    /// The goldens and tolerances of [`goldens_dir`] and [`tolerances_path`], judged in the
+    /// precision `GPT2_CHECKPOINTS_PRECISION` names (f32 by default; bf16 or f16 for a port that
+    /// computes in it).
     pub fn from_env(claims: Claims, make: MakePort) -> Result<Suite> {
-        Suite::new(&goldens_dir(), &tolerances_path(), claims, make)
+        let mut suite = Suite::new(&goldens_dir(), &tolerances_path(), claims, make)?;
+        if let Some(precision) = std::env::var("GPT2_CHECKPOINTS_PRECISION").ok().filter(|p| !p.is_empty()) {
+            suite.tolerances = suite.tolerances.with_precision(Precision::parse(&precision)?);
+        }
+        Ok(suite)
     }
 
     pub fn sets(&self) -> &[GoldenSet] {
@@ -127,7 +133,7 @@ impl Suite {
             }
             all.extend(verdicts.iter().filter(|v| v.key.checkpoint == checkpoint).cloned());
         }
-        print!("claims: {}\n{}", self.claims, summary_table(&summarize(&all)));
+        print!("claims: {}, precision {}\n{}", self.claims, self.tolerances.precision().name(), summary_table(&summarize(&all)));
         for v in all.iter().filter(|v| v.status == Status::Pending).take(3) {
             println!("pending {} [{}]: {}", v.key, v.set, v.detail);
         }

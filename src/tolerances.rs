@@ -39,10 +39,42 @@ struct CheckpointLimits {
     tensors: BTreeMap<String, Limit>,
 }
 
+/// The precision a port computes in. A port in bfloat16 or float16 is judged against the same
+/// truth, in units of HF's own error at that precision (measured at extraction, kept in the
+/// manifest), instead of HF float32's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub const LOW: [Precision; 2] = [Precision::Bf16, Precision::F16];
+
+    /// `f32`, `bf16`, `f16`: the names in manifests and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Precision> {
+        [Precision::F32, Precision::Bf16, Precision::F16]
+            .into_iter()
+            .find(|p| p.name() == text.trim())
+            .ok_or_else(|| Error::Input(format!("precision {text:?}: write f32, bf16 or f16")))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Tolerances {
     path: PathBuf,
     checkpoints: BTreeMap<String, CheckpointLimits>,
+    precision: Precision,
 }
 
 impl Tolerances {
@@ -67,7 +99,16 @@ impl Tolerances {
         if let Some(extra) = checkpoints.keys().find(|k| !Checkpoint::ALL.iter().any(|c| &c.label() == *k)) {
             return Err(err(format!("{extra:?} is not a checkpoint (expected 00_embeddings .. 12_generation)")));
         }
-        Ok(Tolerances { path: path.to_path_buf(), checkpoints })
+        Ok(Tolerances { path: path.to_path_buf(), checkpoints, precision: Precision::F32 })
+    }
+
+    /// The same limits, in units of HF's own error at `precision`.
+    pub fn with_precision(self, precision: Precision) -> Tolerances {
+        Tolerances { precision, ..self }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn path(&self) -> &Path {

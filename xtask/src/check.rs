@@ -163,7 +163,36 @@ pub fn keep_agreeing(fresh: &GoldenSet, committed_dir: &Path, tolerances: &Toler
             changed.push(file.path().display().to_string());
         }
     }
+    match manifest_agrees(fresh, committed_dir) {
+        true => {
+            std::fs::copy(committed_dir.join(MANIFEST), fresh.dir.join(MANIFEST))?;
+        }
+        false => changed.push(MANIFEST.to_string()),
+    }
     Ok(changed)
+}
+
+/// The committed manifest says the same: the same provenance and tensors, and HF's error at the
+/// lower precisions within a factor of 2 (an estimate that moves with the machine like the goldens).
+fn manifest_agrees(fresh: &GoldenSet, committed_dir: &Path) -> bool {
+    let Ok(committed) = GoldenSet::open(committed_dir) else { return false };
+    let (f, c) = (&fresh.manifest, &committed.manifest);
+    let same_noise = f.precision_noise.len() == c.precision_noise.len()
+        && f.precision_noise.iter().all(|(precision, table)| {
+            c.precision_noise.get(precision).is_some_and(|other| {
+                other.len() == table.len()
+                    && table
+                        .iter()
+                        .all(|(k, &a)| other.get(k).is_some_and(|&b| (a == b) || (a > 0.0 && b > 0.0 && (a / b).abs().log2().abs() <= 1.0)))
+            })
+        });
+    same_noise
+        && f.format_version == c.format_version
+        && f.model == c.model
+        && f.prompt == c.prompt
+        && f.generation == c.generation
+        && f.environment == c.environment
+        && f.tensors == c.tensors
 }
 
 fn provenance_drift(fresh: &GoldenSet, committed: &GoldenSet) -> Vec<String> {

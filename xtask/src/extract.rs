@@ -11,12 +11,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use gpt2_checkpoints::catalog::{Checkpoint, DType, Role, TensorKey};
+use gpt2_checkpoints::compare::hf_error;
 use gpt2_checkpoints::config::Config;
 use gpt2_checkpoints::goldens::{
     Environment, FORMAT_VERSION, GenerationInfo, GoldenSet, MANIFEST, Manifest, ModelInfo, PromptInfo, TRUTH_DIR, TensorEntry,
 };
+use gpt2_checkpoints::judge::Noise;
 use gpt2_checkpoints::runner::dumps::ISOLATED_DIR;
-use gpt2_checkpoints::tolerances::Tolerances;
+use gpt2_checkpoints::tolerances::{Mode, Precision, Tolerances};
 use ndarray::ArrayD;
 use ndarray_npy::WriteNpyExt;
 use num_traits::AsPrimitive;
@@ -50,6 +52,8 @@ pub struct SetPlan {
     pub model_name: String,
     pub prompt: String,
     pub generation: Generation,
+    /// Lower precisions whose HF error is measured too (the manifest's `precision_noise`).
+    pub precisions: Vec<Precision>,
 }
 
 impl SetPlan {
@@ -138,8 +142,9 @@ fn extract_set(
     dir: &Path,
 ) -> Result<()> {
     let g = plan.generation;
+    let precisions: Vec<&str> = plan.precisions.iter().map(|p| p.name()).collect();
     let result = reference
-        .call_method1("extract", (model, tokenizer, plan.prompt.as_str(), g.new_tokens, g.decode_steps, g.temperature, g.top_k))
+        .call_method1("extract", (model, tokenizer, plan.prompt.as_str(), g.new_tokens, g.decode_steps, g.temperature, g.top_k, precisions))
         .map_err(|e| python_error(py, e))?;
     let result = result.cast::<PyDict>().map_err(|e| anyhow!("gpt2_taps.extract returned {e}, not a dict"))?;
     let item = |key: &str| -> Result<Bound<'_, PyAny>> {
@@ -169,6 +174,7 @@ fn extract_set(
             numpy: env_item("numpy")?,
         },
         tensors: Vec::new(),
+        precision_noise: BTreeMap::new(),
     };
 
     let expected: BTreeMap<TensorKey, Vec<usize>> = manifest.dims().all_tensors().into_iter().collect();
@@ -192,7 +198,37 @@ fn extract_set(
     }
     manifest.tensors = written.into_values().collect();
     std::fs::write(dir.join(MANIFEST), manifest.to_json()).with_context(|| format!("cannot write {}", dir.join(MANIFEST).display()))?;
+    if !plan.precisions.is_empty() {
+        let set = GoldenSet::open(dir)?;
+        let by_precision = item("precision_taps")?;
+        for precision in &plan.precisions {
+            let taps = by_precision.get_item(precision.name()).map_err(|e| python_error(py, e))?;
+            manifest.precision_noise.insert(precision.name().to_string(), precision_noise(&set, &taps)?.to_table());
+        }
+        std::fs::write(dir.join(MANIFEST), manifest.to_json()).with_context(|| format!("cannot write {}", dir.join(MANIFEST).display()))?;
+    }
     Ok(())
+}
+
+/// HF's own error at a lower precision: its taps (chained and isolated) against the truth just
+/// written, on each tensor's scale, the worst over layers and steps.
+fn precision_noise(set: &GoldenSet, taps: &Bound<'_, PyAny>) -> Result<Noise> {
+    let mut noise = Noise::default();
+    for (mode, name) in [(Mode::Chained, "chained"), (Mode::Isolated, "isolated")] {
+        for tap in taps.get_item(name)?.try_iter()? {
+            let (checkpoint, layer, step, tensor, array): (u8, Option<usize>, Option<usize>, String, Bound<'_, PyAny>) = tap?.extract()?;
+            let Some(key) = Checkpoint::from_id(checkpoint).and_then(|c| TensorKey::find(c, layer, step, &tensor)) else { continue };
+            let wanted =
+                key.spec().role == Role::Output && key.spec().dtype == DType::F32 && (mode == Mode::Chained || key.is_isolated_output());
+            if !wanted {
+                continue;
+            }
+            let array: PyReadonlyArrayDyn<'_, f64> = array.extract().map_err(|e| anyhow!("{key}: expected a float64 array: {e}"))?;
+            let ours: ArrayD<f32> = array.as_array().mapv(|v| v as f32);
+            noise.record(mode, key, hf_error(ours.view(), set.truth(key, mode)?.view(), Tolerances::scale(key))?);
+        }
+    }
+    Ok(noise)
 }
 
 /// Whether taps are the float64 truth (written as float32, floats only) or HF's own goldens.

@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 use gpt2_checkpoints::config::Config;
 use gpt2_checkpoints::goldens::GoldenSet;
 use gpt2_checkpoints::judge::Claims;
-use gpt2_checkpoints::tolerances::Tolerances;
+use gpt2_checkpoints::tolerances::{Precision, Tolerances};
 
 use extract::{Generation, SetPlan};
 use make_model::Preset;
@@ -78,6 +78,10 @@ enum Command {
         /// absorb what the thread count changes).
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Also measure HF's own error at a lower precision (bf16, f16; repeatable), for ports
+        /// judged with that profile. The committed sets have both.
+        #[arg(long = "precision", value_parser = parse_precision)]
+        precisions: Vec<Precision>,
     },
     /// Extract goldens for any GPT-2 into target/validate and run all 13 checkpoints against them.
     Validate {
@@ -89,6 +93,9 @@ enum Command {
         prompts: Vec<String>,
         #[arg(long, default_value_t = Generation::default().new_tokens)]
         new_tokens: usize,
+        /// Judge in units of HF's own error at this precision (f32, bf16, f16).
+        #[arg(long, default_value = "f32", value_parser = parse_precision)]
+        precision: Precision,
     },
     /// Time the Rust reference and HF (eager and sdpa) on the same weights; print the table with ratios.
     Bench {
@@ -136,6 +143,10 @@ enum Command {
         /// What must pass: NN (00 through NN), a list (00,01,04), `all` or `none` (default).
         #[arg(long, default_value = "none")]
         claims: String,
+        /// Judge in units of HF's own error at this precision (f32, bf16, f16): a port that runs
+        /// in bfloat16 against HF bfloat16's error.
+        #[arg(long, default_value = "f32", value_parser = parse_precision)]
+        precision: Precision,
         /// Where the JSON report goes. Default: target/compare/report.json.
         #[arg(long, default_value_os_t = project_root().join("target").join("compare").join("report.json"))]
         json: PathBuf,
@@ -182,8 +193,8 @@ pub fn project_root() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Compare { goldens, candidates, claims, json } = &cli.command {
-        return compare_exit(goldens, candidates, claims, json);
+    if let Command::Compare { goldens, candidates, claims, precision, json } = &cli.command {
+        return compare_exit(goldens, candidates, claims, *precision, json);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,9 +206,9 @@ fn main() -> ExitCode {
 }
 
 /// `compare`'s three exit codes: 0 pass, 1 a failure, 2 bad input.
-fn compare_exit(goldens: &Path, candidates: &[String], claims: &str, json: &Path) -> ExitCode {
+fn compare_exit(goldens: &Path, candidates: &[String], claims: &str, precision: Precision, json: &Path) -> ExitCode {
     let judged = Claims::parse(claims).map_err(anyhow::Error::from).and_then(|claims| {
-        let tolerances = Tolerances::load(&project_root().join(TOLERANCES))?;
+        let tolerances = Tolerances::load(&project_root().join(TOLERANCES))?.with_precision(precision);
         let candidates: Vec<compare::Candidate> = candidates.iter().map(|c| compare::Candidate::parse(c)).collect();
         compare::compare(goldens, &candidates, &claims, &tolerances, json)
     });
@@ -214,7 +225,7 @@ fn compare_exit(goldens: &Path, candidates: &[String], claims: &str, json: &Path
 fn run(cli: Cli) -> Result<()> {
     let root = project_root();
     match cli.command {
-        Command::ExtractGoldens { models, prompts, out, new_tokens, check, threads } => {
+        Command::ExtractGoldens { models, prompts, out, new_tokens, check, threads, precisions } => {
             let generation = Generation { new_tokens, ..Generation::default() };
             let plans = match (check, models.is_empty(), prompts.is_empty()) {
                 (true, _, _) => committed_plans(&out)?,
@@ -222,6 +233,10 @@ fn run(cli: Cli) -> Result<()> {
                 (false, true, false) => plan(&[TINY_MODEL.to_string()], &prompts, generation)?,
                 (false, false, _) => plan(&models, &prompts, generation)?,
             };
+            let plans: Vec<SetPlan> = plans
+                .into_iter()
+                .map(|p| SetPlan { precisions: low_precisions(&precisions).unwrap_or(p.precisions.clone()), ..p })
+                .collect();
             let venv = Venv::ensure()?;
             if check {
                 let tolerances = Tolerances::load(&root.join(TOLERANCES))?;
@@ -233,10 +248,12 @@ fn run(cli: Cli) -> Result<()> {
                 extract::install(staging.path(), &plans, &out, &Tolerances::load(&root.join(TOLERANCES))?)
             }
         }
-        Command::Validate { model, prompts, new_tokens } => {
+        Command::Validate { model, prompts, new_tokens, precision } => {
             let prompts = if prompts.is_empty() { vec!["Hello.".to_string()] } else { prompts };
             let plans = plan(std::slice::from_ref(&model), &prompts, Generation { new_tokens, ..Generation::default() })?;
-            validate::validate(&Venv::ensure()?, &source_from_cwd(&model), plans, &Tolerances::load(&root.join(TOLERANCES))?)
+            let plans = plans.into_iter().map(|p| SetPlan { precisions: low_precisions(&[precision]).unwrap_or_default(), ..p }).collect();
+            let tolerances = Tolerances::load(&root.join(TOLERANCES))?.with_precision(precision);
+            validate::validate(&Venv::ensure()?, &source_from_cwd(&model), plans, &tolerances)
         }
         Command::Bench { model, threads, runs } => bench::bench(&Venv::ensure()?, &model, &threads, runs),
         Command::BenchRust { model, threads, runs } => bench::bench_rust(&model, threads, runs),
@@ -266,6 +283,15 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `--precision` as given, without f32 (always there); None when none was given.
+fn low_precisions(given: &[Precision]) -> Option<Vec<Precision>> {
+    (!given.is_empty()).then(|| given.iter().copied().filter(|p| *p != Precision::F32).collect())
+}
+
+fn parse_precision(text: &str) -> std::result::Result<Precision, String> {
+    Precision::parse(text).map_err(|e| e.to_string())
+}
+
 /// What a plain `extract-goldens` writes: every prompt on the tiny fixture, the two short ones on
 /// the fixture with real statistics (the long prompt's vocabulary-sized tensors and their truth
 /// would add about 25 MB there).
@@ -273,7 +299,7 @@ fn committed_sets(generation: Generation) -> Result<Vec<SetPlan>> {
     let prompts = |n: usize| PROMPTS[..n].iter().map(|p| p.to_string()).collect::<Vec<_>>();
     let mut plans = plan(&[TINY_MODEL.to_string()], &prompts(PROMPTS.len()), generation)?;
     plans.extend(plan(&[TINY_STATS_MODEL.to_string()], &prompts(2), generation)?);
-    Ok(plans)
+    Ok(plans.into_iter().map(|p| SetPlan { precisions: Precision::LOW.to_vec(), ..p }).collect())
 }
 
 /// Every (model, prompt) pair, after checking what can be checked before Python starts.
@@ -294,6 +320,7 @@ fn plan(models: &[String], prompts: &[String], generation: Generation) -> Result
                 model_name: extract::model_name(source),
                 prompt: prompt.clone(),
                 generation,
+                precisions: Vec::new(),
             })
         })
         .collect())
@@ -350,6 +377,7 @@ fn committed_plans(out: &Path) -> Result<Vec<SetPlan>> {
                     temperature: g.temperature,
                     top_k: g.top_k,
                 },
+                precisions: Precision::LOW.into_iter().filter(|p| m.precision_noise.contains_key(p.name())).collect(),
             }
         })
         .collect())
