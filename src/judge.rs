@@ -155,6 +155,20 @@ impl Noise {
         Ok(noise)
     }
 
+    /// HF's own error pooled over several golden sets (the worst of each tensor over all of them):
+    /// one prompt's estimate of an extreme is noisy (2.7× apart between two prompts of one model),
+    /// and a correct port is judged against the model's noise, not one prompt's luck.
+    pub fn pooled<'a>(sets: impl IntoIterator<Item = &'a GoldenSet>, precision: Precision) -> Result<Noise> {
+        let mut pooled = Noise::default();
+        for set in sets {
+            for (mode, checkpoint, name, error) in Noise::for_precision(set, precision)?.iter() {
+                let worst = pooled.errors.entry((mode, checkpoint, name)).or_insert(0.0);
+                *worst = worst.max(error);
+            }
+        }
+        Ok(pooled)
+    }
+
     /// HF's own error in the judged precision: measured now for float32, from the manifest below.
     pub fn for_precision(set: &GoldenSet, precision: Precision) -> Result<Noise> {
         match precision {
@@ -219,9 +233,14 @@ impl Judging<'_> {
 }
 
 /// Every verdict of one golden set: chained in forward order, then isolated in checkpoint order.
+/// HF's own error is this set's alone; [`judge_with`] takes one pooled over several prompts.
 pub fn judge(set: &GoldenSet, obs: &Observations, tolerances: &Tolerances, claims: &Claims) -> Vec<Verdict> {
-    let noise = Noise::for_precision(set, tolerances.precision()).map_err(|e| e.to_string());
-    let judging = Judging { set, tolerances, claims, noise };
+    judge_with(set, obs, tolerances, claims, Noise::for_precision(set, tolerances.precision()))
+}
+
+/// [`judge`] with HF's own error given, e.g. [`Noise::pooled`] over every golden set of the model.
+pub fn judge_with(set: &GoldenSet, obs: &Observations, tolerances: &Tolerances, claims: &Claims, noise: Result<Noise>) -> Vec<Verdict> {
+    let judging = Judging { set, tolerances, claims, noise: noise.map_err(|e| e.to_string()) };
     let chained = set.manifest.dims().forward_order().into_iter().map(|k| (Mode::Chained, k));
     let isolated = set.manifest.dims().all_tensors().into_iter().map(|(k, _)| k).filter(TensorKey::is_isolated_output);
     let isolated = isolated.map(|k| (Mode::Isolated, k));
@@ -368,9 +387,9 @@ fn check_decisions(
         Some(at) => (
             false,
             format!(
-                "ids differ first at step {at}: ours {:?}, HF {:?}; ours {ours:?}, HF {golden:?}; {note}",
-                ours.get(at),
-                golden.get(at)
+                "ids differ first at step {at}: ours {}, HF {}; ours {ours:?}, HF {golden:?}; {note}",
+                id_at(ours, at),
+                id_at(golden, at)
             ),
         ),
     })
@@ -397,6 +416,11 @@ fn check_ranking(set: &GoldenSet, ours: &[u32], golden: &[u32], tol: f64) -> Res
     }
     let swaps = if ties > 0 { format!(" up to {ties} swaps of ids whose HF logits tie within {tol:.1e}") } else { String::new() };
     Ok((true, format!("{} ids equal{swaps}", golden.len())))
+}
+
+/// The id at `at`, or "none" past the end.
+fn id_at(ids: &[u32], at: usize) -> String {
+    ids.get(at).map_or("none".to_string(), u32::to_string)
 }
 
 fn first_mismatch(ours: &[u32], golden: &[u32]) -> Option<usize> {

@@ -85,7 +85,9 @@ fn summary_row(checkpoint: Checkpoint, mode: Mode, group: &[&Verdict]) -> Summar
             .iter()
             .any(|v| v.key.spec().dtype == DType::I64 && v.comparison.is_none() && (v.status == Status::Pass || v.diverged)),
     };
-    for c in group.iter().filter_map(|v| v.comparison.as_ref()) {
+    // The error columns speak of what is judged: a pending value out of its limit is in the
+    // pending count and its message, not in the worst error of a passing row.
+    for c in group.iter().filter(|v| v.status != Status::Pending).filter_map(|v| v.comparison.as_ref()) {
         if row.max_ratio.is_none_or(|m| c.ratio() >= m) {
             row.max_ratio = Some(c.ratio());
             row.limit = Some(c.limit.to_string());
@@ -156,7 +158,14 @@ pub fn verdict_line(v: &Verdict) -> String {
 pub fn failure_message(failing: &[&Verdict], all: &[Verdict]) -> String {
     let mut out = String::new();
     if let Some(first) = first_divergence(all) {
-        let _ = writeln!(out, "first divergence in the chain: {} ({}): {}", first.key, first.key.checkpoint.label(), first.detail);
+        let _ = writeln!(
+            out,
+            "first divergence in the chain of {}: {} ({}): {}",
+            first.set,
+            first.key,
+            first.key.checkpoint.label(),
+            first.detail
+        );
     }
     for v in failing {
         let _ = writeln!(out, "{}", verdict_line(v));

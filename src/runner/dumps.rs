@@ -47,6 +47,13 @@ pub fn read(stages: &[PathBuf], set: &GoldenSet) -> Result<Observations> {
             }
         }
     }
+    if obs.seen.is_empty() {
+        let dirs: Vec<String> = stages.iter().map(|s| s.display().to_string()).collect();
+        return Err(Error::Input(format!(
+            "{}: no .npy dumps of this golden set's tensors: is it the directory the port wrote into?",
+            dirs.join(",")
+        )));
+    }
     // A port with no KV cache dumps no cache state at all: 03's keys and values are then pending,
     // as for a Rust port without `forward_cached`. Some states but not all is a port that forgot.
     let cache: Vec<TensorKey> = expected.values().map(|(k, _)| *k).filter(|k| k.step.is_some()).collect();

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use gpt2_checkpoints::goldens::GoldenSet;
-use gpt2_checkpoints::judge::{Claims, Noise, Status, judge};
+use gpt2_checkpoints::judge::{Claims, Noise, Status, judge_with};
 use gpt2_checkpoints::model::Reference;
 use gpt2_checkpoints::report::{mode_name, summarize, summary_table, verdict_line};
 use gpt2_checkpoints::runner;
@@ -22,7 +22,8 @@ pub fn measure(goldens: &Path, tolerances: &Tolerances, verbose: bool, noise: bo
     let mut verdicts = Vec::new();
     for set in &sets {
         let mut reference = Reference::load(&model_dir(set))?;
-        verdicts.extend(judge(set, &runner::port::observe(&mut reference, set), tolerances, &Claims::all()));
+        let noise = Noise::pooled(sets.iter().filter(|s| s.manifest.model.name == set.manifest.model.name), tolerances.precision());
+        verdicts.extend(judge_with(set, &runner::port::observe(&mut reference, set), tolerances, &Claims::all(), noise));
     }
     println!("{} golden sets: {}\n", sets.len(), sets.iter().map(GoldenSet::name).collect::<Vec<_>>().join(", "));
     print!("{}", summary_table(&summarize(&verdicts)));

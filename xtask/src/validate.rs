@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use gpt2_checkpoints::goldens::GoldenSet;
-use gpt2_checkpoints::judge::{Claims, Status, judge};
+use gpt2_checkpoints::judge::{Claims, Noise, Status, judge_with};
 use gpt2_checkpoints::model::Reference;
 use gpt2_checkpoints::report::{first_divergence, summarize, summary_table, verdict_line};
 use gpt2_checkpoints::runner;
@@ -29,17 +29,18 @@ pub fn validate(venv: &Venv, source: &str, plans: Vec<SetPlan>, tolerances: &Tol
     extract::install(staging.path(), &plans, &root, tolerances)?;
     eprintln!("goldens extracted in {:.1} s; loading {model_dir} into the reference", start.elapsed().as_secs_f64());
     let mut reference = Reference::load(&PathBuf::from(&model_dir))?;
+    let sets = plans.iter().map(|plan| GoldenSet::open(&root.join(plan.relative_dir()))).collect::<gpt2_checkpoints::Result<Vec<_>>>()?;
     let mut verdicts = Vec::new();
-    for plan in &plans {
-        let set = GoldenSet::open(&root.join(plan.relative_dir()))?;
+    for set in &sets {
         eprint!("checking {}: chained", set.name());
         let _ = std::io::stderr().flush();
-        let mut observations = runner::port::chained(&mut reference, &set);
+        let mut observations = runner::port::chained(&mut reference, set);
         eprint!(", isolated");
         let _ = std::io::stderr().flush();
-        observations.merge(runner::port::isolated(&mut reference, &set));
+        observations.merge(runner::port::isolated(&mut reference, set));
         eprintln!();
-        verdicts.extend(judge(&set, &observations, tolerances, &Claims::all()));
+        // HF's own error pooled over the prompts given (one model).
+        verdicts.extend(judge_with(set, &observations, tolerances, &Claims::all(), Noise::pooled(&sets, tolerances.precision())));
     }
     println!("\n{source}: {} golden sets in {}\n", plans.len(), root.display());
     print!("{}", summary_table(&summarize(&verdicts)));
