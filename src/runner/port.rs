@@ -115,7 +115,10 @@ fn chained_into(port: &mut dyn Port, set: &GoldenSet, obs: &mut Observations) ->
                 obs.value(CHAINED, decode_logits, Value::F32(stacked.into_dyn()));
             } else {
                 obs.derived(CHAINED, decode_logits, Value::F32(stacked.into_dyn()), "by running prompt + decode tokens again: no KV cache");
-                let no_cache = Missing::NotProvided("the port does not provide forward_cached (a KV cache)".into());
+                let no_cache = Missing::NotProvided(
+                    "the port does not provide forward_cached (a KV cache); one that has a cache taps step 0 in forward with tap::cache_keys/cache_values"
+                        .into(),
+                );
                 obs.missing_unless_seen(CHAINED, cache_keys, &no_cache);
             }
         }
