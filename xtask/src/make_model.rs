@@ -2,7 +2,7 @@
 //!
 //! GPT2Config + GPT2LMHeadModel with a fixed torch seed, saved with save_pretrained together with the
 //! real GPT-2 tokenizer from fixtures/tokenizer/gpt2: real config.json, model.safetensors and
-//! tokenizer, random weights. The presets have the real shapes of distilgpt2, gpt2 and gpt2-medium
+//! tokenizer, random weights. The presets have the real shapes of distilgpt2, gpt2, gpt2-medium, gpt2-large and gpt2-xl
 //! (HF's default initializer_range 0.02); `tiny` and `tiny-stats` are the committed fixtures.
 //!
 //! With real statistics (`--real-stats`, always for `tiny-stats`), HF's initialisation is then
@@ -48,6 +48,8 @@ pub enum Preset {
     Distilgpt2,
     Gpt2,
     Gpt2Medium,
+    Gpt2Large,
+    Gpt2Xl,
 }
 
 impl Preset {
@@ -61,6 +63,8 @@ impl Preset {
             Preset::Distilgpt2 => r#"{"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 6, "n_head": 12}"#,
             Preset::Gpt2 => r#"{"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12}"#,
             Preset::Gpt2Medium => r#"{"vocab_size": 50257, "n_positions": 1024, "n_embd": 1024, "n_layer": 24, "n_head": 16}"#,
+            Preset::Gpt2Large => r#"{"vocab_size": 50257, "n_positions": 1024, "n_embd": 1280, "n_layer": 36, "n_head": 20}"#,
+            Preset::Gpt2Xl => r#"{"vocab_size": 50257, "n_positions": 1024, "n_embd": 1600, "n_layer": 48, "n_head": 25}"#,
         }
     }
 
