@@ -16,7 +16,6 @@ judged by its distance to the truth, measured in multiples of HF float32's own d
 """
 
 import contextlib
-import copy
 import json
 import math
 import os
@@ -380,14 +379,42 @@ def _decode_taps(model, ids, cache, decode_ids):
 # Truth: the same HF model in float64
 
 
+@contextlib.contextmanager
 def _twin(model, dtype):
-    """A deep copy of `model` in `dtype`, with the same HF code path (eager, our tap attention, eval
-    mode). In float64 (float32 -> float64 is exact) its rounding error is ~1e-16 relative: the truth.
-    In bfloat16 or float16 it is what HF itself gives at that precision: the unit a port running in
-    that precision is judged in."""
-    twin = copy.deepcopy(model).to(dtype)
-    twin.eval()
-    return twin
+    """`model` computing in `dtype`: the same HF code path (eager, our tap attention, eval mode) with
+    its weights in `dtype`. In float64 (float32 -> float64 is exact) its rounding error is ~1e-16
+    relative: the truth. In bfloat16 or float16 it is what HF itself gives at that precision: the unit
+    a port running in that precision is judged in.
+
+    The weights are converted one module at a time (wte, wpe, each block, ln_f, lm_head) as it runs,
+    and put back right after, so that a float64 twin costs one block and wte in float64, not a copy
+    of the whole model at twice its size: `validate` of a large model fits in about 1.2x its float32
+    weights. The float32 weights come back untouched: they are kept, not converted back.
+    """
+    t = model.transformer
+    handles = []
+    for unit in [t.wte, t.wpe, *t.h, t.ln_f, model.lm_head]:
+        kept = {}
+
+        def convert(module, args, kwargs, kept=kept):
+            with torch.inference_mode(False), torch.no_grad():
+                for param in module.parameters():
+                    kept[param] = param.data
+                    param.data = param.data.to(dtype)
+
+        def restore(module, args, kwargs, output, kept=kept):
+            with torch.inference_mode(False), torch.no_grad():
+                for param, data in kept.items():
+                    param.data = data
+            kept.clear()
+
+        handles.append(unit.register_forward_pre_hook(convert, with_kwargs=True))
+        handles.append(unit.register_forward_hook(restore, with_kwargs=True, always_call=True))
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 #: The precision profiles besides float32: their name in the manifest and torch's dtype.
@@ -445,7 +472,7 @@ def _replaced_run(twin, ids, golden, inputs, outputs):
     return [tap for tap in recorder.taps if (tap[0], tap[3]) in outputs]
 
 
-def _isolated_truth_taps(twin, ids, golden_taps, temperature, top_k):
+def _isolated_truth_taps(twin, dtype, ids, golden_taps, temperature, top_k):
     """The truth of every float output isolated mode compares: HF's float64 modules on the golden inputs.
 
     `golden_taps` are the float32 run's taps. Per `isolated_values`: 00 ids -> embeddings; 01 golden
@@ -460,7 +487,6 @@ def _isolated_truth_taps(twin, ids, golden_taps, temperature, top_k):
     component_inputs += [(c, None, name) for c, name in _HEAD_INPUTS]
     taps = _replaced_run(twin, ids, golden, component_inputs, _COMPONENT_OUTPUTS)
     taps += _replaced_run(twin, ids, golden, [(7, layer, "input") for layer in layers], _BLOCK_OUTPUTS)
-    dtype = next(twin.parameters()).dtype
     # a copy, held in the twin's dtype: exact in float64, rounded in bfloat16 or float16
     copied = [(key, torch.from_numpy(a).to(dtype).to(torch.float64).numpy()) for key, a in golden.items() if (key[0], key[3]) in _COPIED_OUTPUTS]
     taps += [(c, layer, step, name, a) for (c, layer, step, name), a in copied]
@@ -498,15 +524,16 @@ def extract(model, tokenizer, prompt, new_tokens, decode_steps, temperature, top
     taps.append((12, None, None, "top2_logits", top2.numpy().copy()))
     taps += _decode_taps(model, ids, out.past_key_values, new_ids[:decode_steps])
 
-    def both_modes(twin):
-        return _truth_taps(twin, ids, new_ids, decode_steps, temperature, top_k), _isolated_truth_taps(twin, ids, taps, temperature, top_k)
+    def both_modes(dtype):
+        with _twin(model, dtype) as twin:
+            return _truth_taps(twin, ids, new_ids, decode_steps, temperature, top_k), _isolated_truth_taps(twin, dtype, ids, taps, temperature, top_k)
 
-    truth_taps, isolated_truth_taps = both_modes(_twin(model, torch.float64))
+    truth_taps, isolated_truth_taps = both_modes(torch.float64)
     precision_taps = {}
     for name in precisions:
         if name not in LOW_PRECISIONS:
             raise GoldenInputError(f"precision {name!r} is not one of {sorted(LOW_PRECISIONS)}")
-        chained, isolated = both_modes(_twin(model, LOW_PRECISIONS[name]))
+        chained, isolated = both_modes(LOW_PRECISIONS[name])
         precision_taps[name] = {"chained": chained, "isolated": isolated}
     return {
         "taps": taps,

@@ -13,7 +13,7 @@
 //! - [`report`]: the checkpoint table, failure messages and the first divergence, text and JSON.
 //! - [`testing`]: [`checkpoint_tests!`], the `cargo test` entry for a port's own crate.
 //! - [`model`]: the readable reference GPT-2, one port among others ([`model::Reference`]);
-//!   [`config`] and [`weights`] load it from HF's config.json and model.safetensors.
+//!   [`config`] and [`weights`] load it from HF's config.json and safetensors (one file or shards; f32, f16 or bf16).
 //! - [`sampling`], [`tokenizer`]: argmax, softmax with temperature and top-k; GPT-2's BPE.
 //!
 //! The harness (catalog, port, runner, goldens, judge, report, testing) does not use [`model`].

@@ -1,7 +1,7 @@
 //! HF's `Conv1D`: the affine map of c_attn, c_proj, c_fc and mlp.c_proj.
 //!
 //! HF stores its weight [in, out], the transpose of `nn.Linear`. The loader
-//! ([`crate::weights::WeightFile::conv1d`], the one place that knows) transposes it to [out, in],
+//! ([`crate::weights::Weights::conv1d`], the one place that knows) transposes it to [out, in],
 //! so that every matrix product of the model is the same `x · Wᵀ` with rows of W contiguous, the
 //! layout [`super::kernels`] streams fastest. A port that forgets HF's layout fails checkpoint 02.
 

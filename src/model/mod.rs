@@ -24,7 +24,7 @@ use crate::catalog::tap;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::taps::{NoTaps, TapSink};
-use crate::weights::{WeightFile, with_mapped_file};
+use crate::weights::{ModelFiles, Weights};
 use attention::Attention;
 use block::Block;
 use kv_cache::KvCache;
@@ -39,22 +39,23 @@ pub struct Gpt2 {
     pub wpe: Array2<f32>,
     pub h: Vec<Block>,
     pub ln_f: LayerNorm,
+    /// What the weight files held ("float32", "float16", "bfloat16"); the model computes in float32.
+    pub source_dtype: String,
 }
 
 impl Gpt2 {
-    /// Loads `<model_dir>/config.json` and `<model_dir>/model.safetensors`.
+    /// Loads `<model_dir>/config.json` and the weights beside it (one safetensors file or shards;
+    /// float32, float16 or bfloat16, upcast to float32: see [`crate::weights`]).
     pub fn load(model_dir: &Path) -> Result<Gpt2> {
         let config = Config::from_model_dir(model_dir)?;
-        let path = model_dir.join("model.safetensors");
-        with_mapped_file(&path, |bytes| {
-            let mut file = WeightFile::parse(&path, bytes)?;
-            let model = Gpt2::from_weights(config, &mut file)?;
-            file.finish()?;
-            Ok(model)
-        })
+        let mut weights = Weights::open(&ModelFiles::find(model_dir)?)?;
+        let source_dtype = weights.source_dtype();
+        let model = Gpt2::from_weights(config, source_dtype, &mut weights)?;
+        weights.finish()?;
+        Ok(model)
     }
 
-    fn from_weights(config: Config, file: &mut WeightFile<'_>) -> Result<Gpt2> {
+    fn from_weights(config: Config, source_dtype: String, file: &mut Weights) -> Result<Gpt2> {
         let (c, inner) = (config.n_embd, config.inner_dim());
         let eps = config.layer_norm_epsilon as f32;
         let ln_f = file.layer_norm("ln_f", c, eps)?;
@@ -82,6 +83,7 @@ impl Gpt2 {
             h,
             ln_f,
             config,
+            source_dtype,
         })
     }
 

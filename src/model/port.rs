@@ -26,7 +26,7 @@ impl Reference {
         Reference { model, cache }
     }
 
-    /// Loads `<model_dir>/config.json` and `model.safetensors`.
+    /// Loads `<model_dir>/config.json` and its weights (see [`crate::weights`]).
     pub fn load(model_dir: &Path) -> Result<Reference> {
         Gpt2::load(model_dir).map(Reference::new)
     }
