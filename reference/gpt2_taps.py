@@ -16,6 +16,7 @@ judged by its distance to the truth, measured in multiples of HF float32's own d
 """
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -42,6 +43,9 @@ from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward
 # Our attention function is registered under its own name, with HF's eager mask, so that HF's eager
 # code path (finfo.min additive causal mask, softmax in fp32) runs unchanged while we watch it.
 TAP_ATTENTION = "gpt2_checkpoints_eager"
+
+# The xtask shows its own progress (per golden set); HF's per-load weight bars would interleave with it.
+transformers.utils.logging.disable_progress_bar()
 
 
 class GoldenInputError(ValueError):
@@ -73,9 +77,9 @@ def _check_model_dir(source):
             raise GoldenInputError(f"{config_path} is not valid JSON ({e}): re-save the model with save_pretrained") from None
     if config.get("model_type") != "gpt2":
         raise GoldenInputError(f"{config_path} has model_type {config.get('model_type')!r}, not 'gpt2': this crate checks GPT-2 family models only")
-    weights = [n for n in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(source, n))]
-    if not weights:
-        raise GoldenInputError(f"{source} has no model.safetensors (or pytorch_model.bin): save the weights with save_pretrained")
+    layouts = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if not any(os.path.isfile(os.path.join(source, n)) for n in layouts):
+        raise GoldenInputError(f"{source} has no model.safetensors (nor shards, nor pytorch_model.bin): save the weights with save_pretrained")
     if not os.path.isfile(os.path.join(source, "tokenizer.json")) and not os.path.isfile(os.path.join(source, "vocab.json")):
         raise GoldenInputError(f"{source} has no tokenizer (tokenizer.json or vocab.json + merges.txt): save the tokenizer beside the model")
 
@@ -285,12 +289,14 @@ def _cache_taps(cache, step, n_layer):
     return taps
 
 
-def encode_prompt(tokenizer, prompt, n_positions, new_tokens):
+def encode_prompt(tokenizer, prompt, n_positions, vocab_size, new_tokens):
     if not prompt:
         raise GoldenInputError("the prompt is empty: pass at least one token of text with --prompt")
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     if ids.shape[1] == 0:
         raise GoldenInputError(f"the prompt {prompt!r} encodes to no tokens: pass visible text")
+    if int(ids.max()) >= vocab_size:
+        raise GoldenInputError(f"the prompt {prompt!r} encodes to id {int(ids.max())}, beyond the model's vocab_size {vocab_size}: the tokenizer is not the model's")
     if ids.shape[1] + new_tokens > n_positions:
         raise GoldenInputError(
             f"the prompt is {ids.shape[1]} tokens and {new_tokens} more are generated, over n_positions = {n_positions}: shorten the prompt or generate fewer tokens"
@@ -513,7 +519,7 @@ def extract(model, tokenizer, prompt, new_tokens, decode_steps, temperature, top
       "prompt_ids", "new_ids", "generated_text", "config_json": provenance for the manifest.
     """
     config = model.config
-    ids = encode_prompt(tokenizer, prompt, config.n_positions, new_tokens)  # [B=1, T]
+    ids = encode_prompt(tokenizer, prompt, config.n_positions, config.vocab_size, new_tokens)  # [B=1, T]
 
     # 00-08 (and 03's prompt cache): one tapped prefill. 09-11: its last-position logits.
     taps, out = _prefill(model, ids, torch.float32)
@@ -682,6 +688,18 @@ def impose_real_statistics(model, seed):
     assign(t.wpe.weight, wpe)
     layer_norm(t.ln_f, s["ln_f_gamma"], s["ln_f_beta"] * normal(n_embd) + (s["logit_shift"] / s["wte_common"]) * u)
     return {"outliers": outliers.tolist(), "massive": int(massive)}
+
+
+def convert_to_safetensors(source, out_dir):
+    """Re-saves the GPT-2 in `source` (a pytorch_model.bin) as safetensors in `out_dir`, same dtype."""
+    _check_model_dir(source)
+    model = GPT2LMHeadModel.from_pretrained(source, dtype="auto")
+    model.save_pretrained(out_dir)
+
+
+def release():
+    """Frees what the extraction held (models, caches) before the Rust side loads its own copy."""
+    gc.collect()
 
 
 def local_dir(source):

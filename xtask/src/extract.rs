@@ -102,6 +102,8 @@ pub fn extract_all(venv: &Venv, plans: &[SetPlan], staging_parent: &Path, thread
             eprintln!("extracting {} for {:?}", plan.relative_dir().display(), plan.prompt);
             extract_set(py, reference, model, tokenizer, plan, &staging.path().join(plan.relative_dir()))?;
         }
+        drop(loaded);
+        reference.call_method0("release").map_err(|e| python_error(py, e))?;
         Ok(())
     })?;
     Ok(staging)

@@ -15,6 +15,7 @@ mod compare;
 mod extract;
 mod make_model;
 mod measure;
+mod preflight;
 mod python;
 mod validate;
 
@@ -23,7 +24,6 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use gpt2_checkpoints::config::Config;
 use gpt2_checkpoints::goldens::GoldenSet;
 use gpt2_checkpoints::judge::Claims;
 use gpt2_checkpoints::tolerances::{Precision, Tolerances};
@@ -240,10 +240,11 @@ fn run(cli: Cli) -> Result<()> {
             let venv = Venv::ensure()?;
             if check {
                 let tolerances = Tolerances::load(&root.join(TOLERANCES))?;
+                let plans = preflight::prepare(&venv, plans)?;
                 let staging = extract::extract_all(&venv, &plans, &root.join("target").join("goldens-check"), threads)?;
                 check::check(staging.path(), &plans, &out, &tolerances)
             } else {
-                let plans = extract::localize(&venv, plans)?;
+                let plans = preflight::prepare(&venv, plans)?;
                 let staging = extract::extract_all(&venv, &plans, &out, threads)?;
                 extract::install(staging.path(), &plans, &out, &Tolerances::load(&root.join(TOLERANCES))?)
             }
@@ -312,7 +313,7 @@ fn plan(models: &[String], prompts: &[String], generation: Generation) -> Result
     for source in &models {
         check_local_model(source)?;
     }
-    Ok(models
+    let plans: Vec<SetPlan> = models
         .iter()
         .flat_map(|source| {
             prompts.iter().map(move |prompt| SetPlan {
@@ -323,7 +324,12 @@ fn plan(models: &[String], prompts: &[String], generation: Generation) -> Result
                 precisions: Vec::new(),
             })
         })
-        .collect())
+        .collect();
+    // Local models are checked now, before Python starts (hub ones once downloaded).
+    for dir in models.iter().map(|m| PathBuf::from(extract::resolve_source(m))).filter(|d| d.is_dir()) {
+        preflight::check(&dir, &plans)?;
+    }
+    Ok(plans)
 }
 
 /// A model directory given on the command line is relative to where the command runs: it is kept
@@ -337,21 +343,15 @@ pub fn source_from_cwd(source: &str) -> String {
     }
 }
 
-/// A local model directory must have a GPT-2 config.json and weights; a hub id is left to HF.
+/// A local model directory must exist (everything in it is checked by [`preflight::prepare`]); a hub
+/// id is left to HF.
 fn check_local_model(source: &str) -> Result<()> {
     let dir = PathBuf::from(extract::resolve_source(source));
     let looks_local = dir.is_dir() || source.starts_with('.') || source.starts_with('/') || source.matches('/').count() > 1;
-    if !looks_local {
-        return Ok(());
-    }
-    if !dir.is_dir() {
+    if looks_local && !dir.is_dir() {
         bail!(
             "--model {source}: no such directory; pass a GPT-2 directory saved with save_pretrained or a hub id like openai-community/gpt2"
         );
-    }
-    Config::from_model_dir(&dir)?;
-    if !dir.join("model.safetensors").is_file() && !dir.join("pytorch_model.bin").is_file() {
-        bail!("{}: no model.safetensors: save the weights with save_pretrained", dir.display());
     }
     Ok(())
 }

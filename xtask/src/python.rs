@@ -120,16 +120,29 @@ impl Venv {
     }
 }
 
-/// One line for a Python exception: the message alone for the reference's own input errors
-/// (GoldenInputError), `Type: message` for anything else (whose traceback goes to stderr).
+/// One line for a Python exception, never a traceback: the message alone for the reference's own
+/// input errors (GoldenInputError), else `Type: message` and the file the traceback was saved to.
 pub fn python_error(py: Python<'_>, err: PyErr) -> anyhow::Error {
     let type_name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
     let message = err.value(py).to_string();
+    let message = message.lines().next().unwrap_or_default();
     if type_name == "GoldenInputError" {
-        return anyhow::anyhow!(message);
+        return anyhow::anyhow!("{message}");
     }
-    err.print(py);
-    anyhow::anyhow!("{type_name}: {message}")
+    match save_traceback(py, &err) {
+        Some(log) => anyhow::anyhow!("HF failed: {type_name}: {message} (the Python traceback is in {})", log.display()),
+        None => anyhow::anyhow!("HF failed: {type_name}: {message}"),
+    }
+}
+
+/// Writes the traceback of `err` to target/python-traceback.txt for whoever wants it.
+fn save_traceback(py: Python<'_>, err: &PyErr) -> Option<PathBuf> {
+    let lines = py.import("traceback").ok()?.call_method1("format_exception", (err.value(py),)).ok()?;
+    let text: Vec<String> = lines.extract().ok()?;
+    let path = project_root().join("target").join("python-traceback.txt");
+    std::fs::create_dir_all(path.parent()?).ok()?;
+    std::fs::write(&path, text.concat()).ok()?;
+    Some(path)
 }
 
 /// `Path` as the `str` Python wants.

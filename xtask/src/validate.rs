@@ -22,7 +22,7 @@ use crate::python::Venv;
 
 pub fn validate(venv: &Venv, source: &str, plans: Vec<SetPlan>, tolerances: &Tolerances) -> Result<()> {
     let start = Instant::now();
-    let plans = extract::localize(venv, plans)?;
+    let plans = crate::preflight::prepare(venv, plans)?;
     let model_dir = plans.first().map(|p| extract::resolve_source(&p.source)).unwrap_or_default();
     let root = project_root().join("target").join("validate");
     let staging = extract::extract_all(venv, &plans, &root, 1)?;
