@@ -73,7 +73,9 @@ impl ModelFiles {
         }
         Err(Error::weights(
             dir,
-            format!("no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PYTORCH_BIN}: a GPT-2 model directory needs the weights that save_pretrained writes"),
+            format!(
+                "no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PYTORCH_BIN}: a GPT-2 model directory needs the weights that save_pretrained writes"
+            ),
         ))
     }
 
@@ -100,7 +102,9 @@ fn shards(index: &Path) -> Result<Vec<PathBuf>> {
     let files: BTreeSet<&String> = parsed.weight_map.values().collect();
     let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
     match files.iter().find(|f| !f.is_file()) {
-        Some(missing) => Err(Error::weights(index, format!("names the shard {}, which is missing: download every shard", missing.display()))),
+        Some(missing) => {
+            Err(Error::weights(index, format!("names the shard {}, which is missing: download every shard", missing.display())))
+        }
         None if files.is_empty() => Err(Error::weights(index, "its weight_map is empty: re-save the model with save_pretrained")),
         None => Ok(files),
     }
@@ -136,7 +140,9 @@ impl Shard {
             other => {
                 return Err(Error::weights(
                     &self.path,
-                    format!("tensor {full} is {other:?}; the reference reads float32, float16 and bfloat16: save the model with dtype=torch.float32"),
+                    format!(
+                        "tensor {full} is {other:?}; the reference reads float32, float16 and bfloat16: save the model with dtype=torch.float32"
+                    ),
                 ));
             }
         };
@@ -236,7 +242,10 @@ impl Weights {
             )
         })?;
         if info.shape != shape {
-            return Err(Error::weights(self.path_of(&full), format!("tensor {full} has shape {:?}, config.json implies {shape:?}", info.shape)));
+            return Err(Error::weights(
+                self.path_of(&full),
+                format!("tensor {full} has shape {:?}, config.json implies {shape:?}", info.shape),
+            ));
         }
         Ok((full, info))
     }
@@ -296,7 +305,8 @@ pub fn tensor_shapes(config: &Config) -> Vec<(String, Vec<usize>)> {
     let (c, inner) = (config.n_embd, config.inner_dim());
     let mut shapes = vec![("wte.weight".to_string(), vec![config.vocab_size, c]), ("wpe.weight".to_string(), vec![config.n_positions, c])];
     let layer_norm = |name: String| [(format!("{name}.weight"), vec![c]), (format!("{name}.bias"), vec![c])];
-    let conv1d = |name: String, n_in: usize, n_out: usize| [(format!("{name}.weight"), vec![n_in, n_out]), (format!("{name}.bias"), vec![n_out])];
+    let conv1d =
+        |name: String, n_in: usize, n_out: usize| [(format!("{name}.weight"), vec![n_in, n_out]), (format!("{name}.bias"), vec![n_out])];
     for i in 0..config.n_layer {
         shapes.extend(layer_norm(format!("h.{i}.ln_1")));
         shapes.extend(conv1d(format!("h.{i}.attn.c_attn"), c, 3 * c));

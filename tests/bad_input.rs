@@ -13,46 +13,14 @@ use gpt2_checkpoints::tolerances::{Mode, Tolerances};
 use ndarray::Array2;
 use ndarray_npy::WriteNpyExt;
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{copy_dir, error_of, repo, tiny_model_dir};
 
 fn hello_dir() -> PathBuf {
     repo().join("fixtures/goldens/tiny-gpt2/hello")
 }
 
-fn tiny_model_dir() -> PathBuf {
-    repo().join("fixtures/models/tiny-gpt2")
-}
-
-/// A scratch copy of a directory, subdirectories (a golden set's truth/) included.
-fn copy_dir(from: &Path) -> tempfile::TempDir {
-    let scratch = tempfile::tempdir().expect("a temporary directory");
-    copy_into(from, scratch.path());
-    scratch
-}
-
-fn copy_into(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("readable fixture") {
-        let path = entry.expect("entry").path();
-        let target = to.join(path.file_name().expect("file name"));
-        if path.is_dir() {
-            std::fs::create_dir(&target).expect("mkdir");
-            copy_into(&path, &target);
-        } else {
-            std::fs::copy(&path, target).expect("copy");
-        }
-    }
-}
-
 const BLOCK_OUTPUT: TensorKey = tap::block_output(0);
-
-fn error_of<T>(result: gpt2_checkpoints::Result<T>) -> String {
-    match result {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e.to_string(),
-    }
-}
 
 #[test]
 fn a_missing_golden_file_is_named() {
