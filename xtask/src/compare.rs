@@ -17,6 +17,8 @@ use gpt2_checkpoints::report::{self, JsonReport, JsonVerdict, SummaryRow, failur
 use gpt2_checkpoints::runner::{self, dumps};
 use gpt2_checkpoints::tolerances::Tolerances;
 
+use crate::html_report::{self, Section};
+
 /// One candidate: a name and the directories of its stages.
 pub struct Candidate {
     pub name: String,
@@ -60,7 +62,22 @@ pub fn compare(goldens: &Path, candidates: &[Candidate], claims: &Claims, tolera
         print!("\n{}", side_by_side(&report));
     }
     write_json(json, claims, &report)?;
-    println!("\nJSON report: {}", json.display());
+    let html = json.with_extension("html");
+    let sections: Vec<Section<'_>> = report
+        .iter()
+        .map(|r| Section {
+            title: r.name.clone(),
+            facts: vec![
+                ("golden set".to_string(), format!("{} ({})", set.name(), goldens.display())),
+                ("candidate".to_string(), r.stages.iter().map(|s| s.display().to_string()).collect::<Vec<_>>().join(", ")),
+                ("claims".to_string(), claims.to_string()),
+                ("precision profile".to_string(), tolerances.precision().name().to_string()),
+            ],
+            verdicts: &r.verdicts,
+        })
+        .collect();
+    html_report::write(&html, &format!("compare on {}", set.name()), &sections)?;
+    println!("\nJSON report: {}\nHTML report: {}", json.display(), html.display());
     Ok(all_passed)
 }
 

@@ -26,6 +26,7 @@ use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
+use crate::progress::Progress;
 use crate::python::{Venv, path_str, python_error};
 
 /// What HF generates beyond the prompt's forward pass.
@@ -88,10 +89,11 @@ pub fn extract_all(venv: &Venv, plans: &[SetPlan], staging_parent: &Path, thread
     std::fs::create_dir_all(staging_parent).map_err(unwritable)?;
     let staging = tempfile::Builder::new().prefix(".staging-").tempdir_in(staging_parent).map_err(unwritable)?;
     venv.with_reference(|py, reference| {
+        let progress = Progress::new("extracting", plans.len());
         let mut loaded: BTreeMap<&str, (Bound<'_, PyAny>, Bound<'_, PyAny>)> = BTreeMap::new();
         for plan in plans {
             if !loaded.contains_key(plan.source.as_str()) {
-                eprintln!("loading {}", plan.source);
+                progress.step(format!("loading {} into HF", plan.source));
                 let pair = reference
                     .call_method1("load", (resolve_source(&plan.source), threads))
                     .and_then(|r| r.extract())
@@ -99,8 +101,9 @@ pub fn extract_all(venv: &Venv, plans: &[SetPlan], staging_parent: &Path, thread
                 loaded.insert(&plan.source, pair);
             }
             let (model, tokenizer) = &loaded[plan.source.as_str()];
-            eprintln!("extracting {} for {:?}", plan.relative_dir().display(), plan.prompt);
+            progress.step(format!("{} ({:?})", plan.relative_dir().display(), plan.prompt));
             extract_set(py, reference, model, tokenizer, plan, &staging.path().join(plan.relative_dir()))?;
+            progress.inc();
         }
         drop(loaded);
         reference.call_method0("release").map_err(|e| python_error(py, e))?;

@@ -13,9 +13,11 @@ mod bench;
 mod check;
 mod compare;
 mod extract;
+mod html_report;
 mod make_model;
 mod measure;
 mod preflight;
+mod progress;
 mod python;
 mod validate;
 

@@ -62,7 +62,10 @@ fn tokenizer(dir: &Path, config: &Config) -> Result<Option<Tokenizer>> {
         if dir.join("vocab.json").is_file() {
             return Ok(None);
         }
-        bail!("{}: no tokenizer.json (or vocab.json + merges.txt): save the tokenizer beside the model with save_pretrained", dir.display());
+        bail!(
+            "{}: no tokenizer.json (or vocab.json + merges.txt): save the tokenizer beside the model with save_pretrained",
+            dir.display()
+        );
     }
     let tokenizer = Tokenizer::from_model_dir(dir)?;
     let size = tokenizer.vocab_size();

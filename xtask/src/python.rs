@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use pyo3::prelude::*;
@@ -108,14 +109,18 @@ impl Venv {
         let module = py.import("gpt2_taps")?;
         let env = module.call_method0("environment")?;
         let get = |k: &str| -> PyResult<String> { env.get_item(k)?.extract() };
-        eprintln!(
-            "python {} ({}), torch {}, transformers {}, numpy {}",
-            get("python")?,
-            self.python().display(),
-            get("torch")?,
-            get("transformers")?,
-            get("numpy")?
-        );
+        // once per command, however often it enters Python
+        static PRINTED: AtomicBool = AtomicBool::new(false);
+        if !PRINTED.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "python {} ({}), torch {}, transformers {}, numpy {}",
+                get("python")?,
+                self.python().display(),
+                get("torch")?,
+                get("transformers")?,
+                get("numpy")?
+            );
+        }
         Ok(module)
     }
 }
