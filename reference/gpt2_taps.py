@@ -557,11 +557,12 @@ def extract(model, tokenizer, prompt, new_tokens, decode_steps, temperature, top
 # Fixture models
 
 
-def make_model(out_dir, config_json, seed, tokenizer_dir, real_stats=False):
+def make_model(out_dir, config_json, seed, tokenizer_dir, real_stats=False, save_as="safetensors"):
     """Creates a GPT-2 with HF's own initialisation and saves it, tokenizer included, with save_pretrained.
 
     `config_json` holds GPT2Config's arguments. With `real_stats`, HF's initialisation is then edited
-    to have real GPT-2's statistics (`impose_real_statistics`, same seed). Returns the parameter count.
+    to have real GPT-2's statistics (`impose_real_statistics`, same seed). `save_as` is the file layout
+    (`_save`). Returns the parameter count.
     """
     vocab = os.path.join(tokenizer_dir, "vocab.json")
     merges = os.path.join(tokenizer_dir, "merges.txt")
@@ -584,9 +585,37 @@ def make_model(out_dir, config_json, seed, tokenizer_dir, real_stats=False):
     model.eval()
     if real_stats:
         impose_real_statistics(model, seed)
-    model.save_pretrained(out_dir)
+    _save(model, out_dir, save_as)
     tokenizer.save_pretrained(out_dir)
     return sum(p.numel() for p in model.parameters())
+
+
+#: The layouts GPT-2 checkpoints are found in, for `make_model`'s `save_as`.
+SAVE_AS = ("safetensors", "sharded", "pytorch-bin", "float16", "bfloat16", "no-prefix")
+
+
+def _save(model, out_dir, save_as):
+    """Saves `model` as people have GPT-2s: HF's model.safetensors; three shards with an index; the
+    legacy pytorch_model.bin (torch.save of the state dict, which transformers 5 no longer writes); in
+    float16 or bfloat16; or with the original openai-community names (no `transformer.` prefix)."""
+    if save_as not in SAVE_AS:
+        raise GoldenInputError(f"save_as {save_as!r} is not one of {SAVE_AS}")
+    if save_as == "pytorch-bin":
+        model.config.save_pretrained(out_dir)
+        torch.save(model.state_dict(), os.path.join(out_dir, "pytorch_model.bin"))
+    elif save_as == "sharded":
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        model.save_pretrained(out_dir, max_shard_size=size // 3 + 1)
+    elif save_as in ("float16", "bfloat16"):
+        model.to(getattr(torch, save_as)).save_pretrained(out_dir)
+    else:
+        model.save_pretrained(out_dir)
+    if save_as == "no-prefix":
+        from safetensors.torch import load_file, save_file
+
+        path = os.path.join(out_dir, "model.safetensors")
+        tensors = load_file(path)
+        save_file({k.removeprefix("transformer."): v for k, v in tensors.items()}, path, metadata={"format": "pt"})
 
 
 # What `impose_real_statistics` gives a model. HF's random init has every bias 0 and LayerNorm gamma/beta

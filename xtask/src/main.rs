@@ -31,7 +31,7 @@ use gpt2_checkpoints::judge::Claims;
 use gpt2_checkpoints::tolerances::{Precision, Tolerances};
 
 use extract::{Generation, SetPlan};
-use make_model::Preset;
+use make_model::{Preset, SaveAs};
 use python::Venv;
 
 /// The fixture models the committed goldens come from: HF's own initialisation, and the same
@@ -182,6 +182,9 @@ enum Command {
         /// Edit HF's initialisation to real GPT-2's statistics (biases, LayerNorm, outliers, logits).
         #[arg(long)]
         real_stats: bool,
+        /// The file layout: safetensors, sharded, pytorch-bin, float16, bfloat16, no-prefix.
+        #[arg(long, value_enum, default_value_t = SaveAs::default())]
+        save_as: SaveAs,
         /// Default: target/models/<preset>.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -277,11 +280,11 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 (Preset::Tiny, TINY_MODEL, make_model::TINY_SEED)
             };
-            make_model::make_model(&Venv::ensure()?, preset, &out.unwrap_or_else(|| root.join(model)), seed, stats)
+            make_model::make_model(&Venv::ensure()?, preset, &out.unwrap_or_else(|| root.join(model)), seed, stats, SaveAs::Safetensors)
         }
-        Command::MakeModel { preset, seed, real_stats, out } => {
+        Command::MakeModel { preset, seed, real_stats, save_as, out } => {
             let out = out.unwrap_or_else(|| root.join("target").join("models").join(preset.name()));
-            make_model::make_model(&Venv::ensure()?, preset, &out, seed, real_stats)
+            make_model::make_model(&Venv::ensure()?, preset, &out, seed, real_stats, save_as)
         }
     }
 }

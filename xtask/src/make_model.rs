@@ -74,9 +74,29 @@ impl Preset {
     }
 }
 
+fn save_as_name(save_as: SaveAs) -> String {
+    save_as.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+}
+
 /// Creates `preset` with HF (torch seed `seed`; with `real_stats`, edited to real GPT-2's statistics)
 /// and saves it to `out`, replacing what was there only once the new model is complete.
-pub fn make_model(venv: &Venv, preset: Preset, out: &Path, seed: u64, real_stats: bool) -> Result<()> {
+/// How the model is saved (the layouts GPT-2 checkpoints are found in; reference/gpt2_taps.py, `_save`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SaveAs {
+    /// model.safetensors, as save_pretrained writes it
+    #[default]
+    Safetensors,
+    /// three shards and model.safetensors.index.json
+    Sharded,
+    /// the legacy pytorch_model.bin (a pickle)
+    PytorchBin,
+    Float16,
+    Bfloat16,
+    /// the original openai-community names, without `transformer.`
+    NoPrefix,
+}
+
+pub fn make_model(venv: &Venv, preset: Preset, out: &Path, seed: u64, real_stats: bool, save_as: SaveAs) -> Result<()> {
     let parent = out.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}: choose a writable --out", parent.display()))?;
     let staging = tempfile::Builder::new()
@@ -88,7 +108,10 @@ pub fn make_model(venv: &Venv, preset: Preset, out: &Path, seed: u64, real_stats
     eprintln!("creating {} with HF (seed {seed}{stats})", preset.name());
     let params = venv.with_reference(|py, reference| {
         let params: usize = reference
-            .call_method1("make_model", (path_str(staging.path()), preset.config_json(), seed, path_str(&tokenizer_dir), real_stats))
+            .call_method1(
+                "make_model",
+                (path_str(staging.path()), preset.config_json(), seed, path_str(&tokenizer_dir), real_stats, save_as_name(save_as)),
+            )
             .and_then(|n| n.extract())
             .map_err(|e| python_error(py, e))?;
         Ok(params)
