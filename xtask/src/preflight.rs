@@ -132,3 +132,79 @@ fn convert(venv: &Venv, files: &ModelFiles) -> Result<ModelFiles> {
     eprintln!("{}: now has {} (the goldens come from the same weights either way)", dir.display(), converted.describe());
     Ok(converted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::Generation;
+
+    /// A scratch copy of the tiny fixture with `edit` applied to its config.json.
+    fn tiny_with_config(edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+        let fixture = crate::project_root().join("fixtures/models/tiny-gpt2");
+        let dir = tempfile::tempdir().expect("scratch");
+        for entry in std::fs::read_dir(&fixture).expect("fixture") {
+            let path = entry.expect("entry").path();
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+        let config_path = dir.path().join("config.json");
+        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).expect("config")).expect("json");
+        edit(&mut config);
+        std::fs::write(&config_path, config.to_string()).expect("write");
+        dir
+    }
+
+    fn plan(dir: &Path, prompt: &str) -> SetPlan {
+        let source = path_str(dir);
+        SetPlan {
+            model_name: extract::model_name(&source),
+            source,
+            prompt: prompt.into(),
+            generation: Generation::default(),
+            precisions: vec![],
+        }
+    }
+
+    fn refusal(dir: &Path, prompt: &str) -> String {
+        match check(dir, &[plan(dir, prompt)]) {
+            Ok(_) => panic!("{} with {prompt:?} was accepted", dir.display()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn the_fixture_and_its_prompts_pass() {
+        let dir = crate::project_root().join("fixtures/models/tiny-gpt2");
+        assert_eq!(check(&dir, &[plan(&dir, "Hello.")]).expect("accepted").layout, Layout::Safetensors);
+    }
+
+    #[test]
+    fn a_vocabulary_that_does_not_fit_is_refused_naming_the_tokenizer() {
+        let dir = tiny_with_config(|c| c["vocab_size"] = 1000.into());
+        let message = refusal(dir.path(), "Hello.");
+        assert!(
+            message.contains("tokenizer.json") && message.contains("50257 tokens") && message.contains("vocab_size is 1000"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_prompt_longer_than_n_positions_is_refused() {
+        let dir = crate::project_root().join("fixtures/models/tiny-gpt2");
+        let message = refusal(&dir, &"word ".repeat(120));
+        assert!(message.contains("n_positions = 128") && message.contains("16 more are generated"), "{message}");
+    }
+
+    #[test]
+    fn an_option_the_reference_does_not_implement_is_named() {
+        let dir = tiny_with_config(|c| c["reorder_and_upcast_attn"] = true.into());
+        let message = refusal(dir.path(), "Hello.");
+        assert!(message.contains("config.json") && message.contains("reorder_and_upcast_attn"), "{message}");
+    }
+
+    #[test]
+    fn weights_that_do_not_match_the_config_are_refused_from_the_headers() {
+        let dir = tiny_with_config(|c| c["n_layer"] = 2.into());
+        let message = refusal(dir.path(), "Hello.");
+        assert!(message.contains("model.safetensors") && message.contains("not part of GPT-2"), "{message}");
+    }
+}
