@@ -392,14 +392,16 @@ def _twin(model, dtype):
     relative: the truth. In bfloat16 or float16 it is what HF itself gives at that precision: the unit
     a port running in that precision is judged in.
 
-    The weights are converted one module at a time (wte, wpe, each block, ln_f, lm_head) as it runs,
-    and put back right after, so that a float64 twin costs one block and wte in float64, not a copy
-    of the whole model at twice its size: `validate` of a large model fits in about 1.2x its float32
-    weights. The float32 weights come back untouched: they are kept, not converted back.
+    The weights are converted one module at a time (wpe, each block, ln_f) as it runs, and put back
+    right after; wte's rows are converted once gathered, and lm_head multiplies by blocks of
+    `_VOCAB_BLOCK` rows of wte converted one block at a time. A float64 twin costs one block in
+    float64, not a copy of the whole model at twice its size. Every product is the one HF computes
+    in `dtype` (a gathered row converted is the converted row; each logit is one row's dot product).
+    The float32 weights come back untouched: they are kept, not converted back.
     """
     t = model.transformer
     handles = []
-    for unit in [t.wte, t.wpe, *t.h, t.ln_f, model.lm_head]:
+    for unit in [t.wpe, *t.h, t.ln_f]:
         kept = {}
 
         def convert(module, args, kwargs, kept=kept):
@@ -416,11 +418,24 @@ def _twin(model, dtype):
 
         handles.append(unit.register_forward_pre_hook(convert, with_kwargs=True))
         handles.append(unit.register_forward_hook(restore, with_kwargs=True, always_call=True))
+    handles.append(t.wte.register_forward_hook(lambda module, args, output: output.to(dtype)))
+    weight = model.lm_head.weight  # [V, C], tied to wte
+
+    def lm_head(hidden):  # [B, T, C] -> [B, T, V]
+        blocks = [hidden @ weight[i : i + _VOCAB_BLOCK].to(dtype).T for i in range(0, weight.shape[0], _VOCAB_BLOCK)]
+        return torch.cat(blocks, dim=-1)
+
+    model.lm_head.forward = lm_head
     try:
         yield model
     finally:
+        del model.lm_head.forward
         for handle in handles:
             handle.remove()
+
+
+#: Rows of wte that lm_head converts at a time in a twin (GPT-2 XL: 8192 x 1600 float64 = 105 MB).
+_VOCAB_BLOCK = 8192
 
 
 #: The precision profiles besides float32: their name in the manifest and torch's dtype.

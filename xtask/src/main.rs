@@ -197,6 +197,7 @@ pub fn project_root() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    return_large_allocations_to_the_system();
     let cli = Cli::parse();
     if let Command::Compare { goldens, candidates, claims, precision, json } = &cli.command {
         return compare_exit(goldens, candidates, claims, *precision, json);
@@ -207,6 +208,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc raises its mmap threshold each time a large block is freed (up to 32 MB), after which
+/// tensors of that size come from the heap and, once freed, stay in the process. The extraction
+/// converts every block of the model to float64 and back (a few MB to ~100 MB each), so the heap
+/// kept growing by a fraction of the weights; a fixed 1 MB threshold hands every freed tensor back.
+fn return_large_allocations_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
