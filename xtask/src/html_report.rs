@@ -2,8 +2,9 @@
 //! (inline SVG plots drawn with plotters, no scripts, no external files).
 //!
 //! - A banner: every check passed, or the first divergence of the chain with its error.
-//! - Per mode, a plot of every compared tensor in forward order (x: embeddings, then each layer's
-//!   ln_1, q/k/v, scores, attention output, ln_2, FFN and block, then the head): the candidate's
+//! - Per mode, a plot of every compared tensor in the judge's order (chained: forward order, the
+//!   embeddings, then each layer's ln_1, q/k/v, scores, attention output, ln_2, FFN and block, then
+//!   the head; isolated: by checkpoint, then layer): the candidate's
 //!   worst error against the float64 truth, HF float32's own error there and the limit, on a log
 //!   scale. Error growth through the layers and the point where the candidate leaves its limit
 //!   are seen at a glance.
@@ -77,7 +78,8 @@ fn render_section(section: &Section<'_>) -> Result<String> {
     for mode in [Mode::Chained, Mode::Isolated] {
         let points = points(verdicts, mode);
         if !points.is_empty() {
-            let _ = writeln!(out, "<h3>{}: error against the float64 truth, in forward order</h3>", mode_name(mode));
+            let order = if mode == Mode::Chained { "in forward order" } else { "by checkpoint, then layer" };
+            let _ = writeln!(out, "<h3>{}: error against the float64 truth, {order}</h3>", mode_name(mode));
             out.push_str(&plot(&points, first_divergence(verdicts).filter(|_| mode == Mode::Chained))?);
         }
     }
