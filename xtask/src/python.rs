@@ -68,8 +68,10 @@ impl Venv {
             }
         }
         eprintln!("installing {} into {} (torch is large: a few minutes)", requirements.display(), self.dir.display());
+        // pip's own progress bar on a terminal, none in logs and pipes
+        let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "on" } else { "off" };
         let status = Command::new(self.python())
-            .args(["-m", "pip", "install", "--progress-bar", "on", "-r"])
+            .args(["-m", "pip", "install", "--progress-bar", bar, "-r"])
             .arg(&requirements)
             .status()
             .with_context(|| format!("cannot run pip in {}", self.dir.display()))?;
