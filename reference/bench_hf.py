@@ -1,6 +1,6 @@
 """HF side of `cargo xtask bench`: times GPT2LMHeadModel exactly as the Rust side is timed.
 
-Prompt ids i -> (i * 7919 + 13) % vocab_size. prefill T: a fresh forward of T tokens with the cache
+Prompt ids i -> (i * 7919 + 13) % vocab_size. prefill T (8, 128, 512): a fresh forward of T tokens with the cache
 on, logits of the last position only. decode: after an 8-token prefill, 64 greedy steps with the KV
 cache; ms per step. Median of --runs runs after one warm-up. Peak RSS is this process's VmHWM.
 Prints one JSON object.
@@ -74,6 +74,7 @@ def main():
         result = {
             "prefill_8_ms": median_ms(prefill(8), args.runs),
             "prefill_128_ms": median_ms(prefill(128), args.runs),
+            "prefill_512_ms": median_ms(prefill(512), args.runs),
             "decode_ms_per_token": median_ms(decode, args.runs),
         }
     result["peak_rss_mb"] = peak_rss_mb()

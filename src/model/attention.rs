@@ -66,7 +66,7 @@ impl Attention {
         let d = v.shape()[2];
         let mut merged = Array2::<f32>::zeros((t, h * d)); // [T, C]
         for head in 0..h {
-            let ctx = kernels::x_wt(weights.index_axis(Axis(0), head), v.index_axis(Axis(0), head).t()); // [T, D] = weights·v
+            let ctx = kernels::matmul(weights.index_axis(Axis(0), head), v.index_axis(Axis(0), head)); // [T, D] = weights·v
             merged.slice_mut(s![.., head * d..(head + 1) * d]).assign(&ctx);
         }
         self.c_proj.forward(merged.view()) // [T, C]

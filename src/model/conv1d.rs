@@ -2,8 +2,8 @@
 //!
 //! HF stores its weight [in, out], the transpose of `nn.Linear`. The loader
 //! ([`crate::weights::Weights::conv1d`], the one place that knows) transposes it to [out, in],
-//! so that every matrix product of the model is the same `x · Wᵀ` with rows of W contiguous, the
-//! layout [`super::kernels`] streams fastest. A port that forgets HF's layout fails checkpoint 02.
+//! the layout of `nn.Linear` and of wte (the lm_head); the product takes its transposed view, so
+//! nothing is copied. A port that forgets HF's layout fails checkpoint 02.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
@@ -19,7 +19,7 @@ pub struct Conv1D {
 impl Conv1D {
     /// x [T, in] -> [T, out]
     pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let mut y = kernels::x_wt(x.as_standard_layout().view(), self.weight.view()); // [T, out]
+        let mut y = kernels::x_wt(x, self.weight.view()); // [T, out]
         y += &self.bias.view().insert_axis(Axis(0));
         y
     }

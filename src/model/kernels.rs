@@ -1,36 +1,53 @@
-//! The one matrix product of the forward pass, y = x · Wᵀ with W [N, C] stored row-major: the
-//! tied lm_head over wte's rows, every Conv1D layer, whose weights the loader transposes to this
-//! [out, in] layout (see [`crate::weights`]), and attention's q·kᵀ and weights·v per head.
+//! The matrix products of the forward pass: the tied lm_head over wte's rows, every Conv1D layer,
+//! and attention's q·kᵀ and weights·v per head. They go through the `gemm` crate (the GEMM that
+//! candle uses; pure Rust, AVX2/FMA or AVX-512 picked at run time, no system library), except
+//! prompts of 2 to [`HAND_MAX_TOKENS`] tokens on AVX2 + FMA, where a hand-written kernel
+//! ([`avx2`]) is faster.
 //!
-//! GPT-2 inference multiplies activations by large weights that are read far more often than
-//! they fit in cache, so each weight row is read once per call, in storage order:
-//! - decode (T = 1) is bound by memory bandwidth: one dot product per weight row, with 16
-//!   interleaved partial sums, streams the weights at full speed;
-//! - prefill is bound by arithmetic: on x86-64 with AVX2 and FMA (checked at run time) it works on
-//!   tiles of 3 weight rows x 4 tokens whose 12 partial sums stay in registers, with tokens taken
-//!   in blocks of `TOKEN_BLOCK` so that a block of activations stays in L2 while the weights
-//!   stream past it. (A GEMM such as matrixmultiply re-packs the whole weight matrix on every call;
-//!   measured on GPT-2 small, that packing cost as much as the arithmetic.)
+//! [`matmul`] takes any strides, so no operand is copied into another layout first: a Conv1D
+//! weight kept [out, in] is passed as its transposed view [in, out].
 //!
-//! [`set_threads`] splits the weight rows between the threads of a pool; the default is 1. The
-//! summation order does not depend on the thread count.
+//! Threads: [`set_threads`] makes a pool; a product large enough splits its output columns (the
+//! weight's columns, N) into one block per thread, each computed on its own thread. Each thread
+//! packs and reads only its own part of the weight, so prefill scales with the cores and decode (a
+//! matrix-vector product, bound by memory bandwidth) with the bandwidth they get. How an element
+//! is summed is chosen from the whole product's shape ([`Summation`]), so the result does not
+//! depend on the thread count.
+//!
+//! Measured on this project's 2-core AMD EPYC (2.45 GHz, AVX2 + FMA; the machine was shared with
+//! other builds, so best of 7 runs): GPT-2 small's four Conv1D products over its 12 layers, one
+//! thread, in GFLOP/s (T = 1: ms for the 12 layers, then for the lm_head row):
+//!
+//! | T tokens | gemm 0.19 | matrixmultiply 0.3 | hand-written AVX2 kernel |
+//! |---|---|---|---|
+//! | 1 (decode) | 30-34 ms, 12-13 ms | 65-88 ms, 36-48 ms | 33-88 ms, 13-35 ms |
+//! | 8 | 11-17.6 | 16-19.7 | 17-24 |
+//! | 16 | 27-31 | 26-31 | 29-31 |
+//! | 128 | 64-66 | 46-62 | 41-48 |
+//! | 512 | 76-77 | 71.7 | 69 |
+//!
+//! matrixmultiply has no matrix-vector path (2-3x slower at decode) and is slower than gemm from
+//! 128 tokens on. Below 16 tokens the hand-written kernel is the faster; on the whole model an
+//! 8-token prefill took 110 ms with it against 153-163 ms with gemm alone (`bench-rust`, same
+//! hour, machine loaded).
 
+use std::ops::Range;
 use std::sync::{Arc, RwLock};
 
-use ndarray::{Array2, ArrayView2};
-use rayon::prelude::*;
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, s};
 
-/// Tokens per block: 64 rows of activations (C = 1024: 256 KB) stay in a 512 KB+ L2 cache.
-const TOKEN_BLOCK: usize = 64;
+/// Products with fewer multiply-adds than this (attention's per-head ones for short prompts) stay
+/// on the calling thread: handing them to the pool would cost more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
 
-/// Smaller products (attention's per-head ones) stay on the calling thread: handing them to the
-/// pool would cost more than it saves.
-const PARALLEL_MIN_WEIGHTS: usize = 1 << 18;
+/// Prompts of 2 to this many tokens go through the hand-written kernel where the CPU has AVX2 and
+/// FMA (see the table at the top).
+pub const HAND_MAX_TOKENS: usize = 15;
 
-/// The pool the kernels run on; None: the calling thread alone.
+/// The pool the products run on; None: the calling thread alone.
 static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
 
-/// How many threads the kernels use (1: the calling thread, no pool).
+/// How many threads the products use (1: the calling thread, no pool).
 pub fn set_threads(threads: usize) {
     let pool = (threads > 1).then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build().ok().map(Arc::new)).flatten();
     *POOL.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = pool;
@@ -40,74 +57,174 @@ pub fn threads() -> usize {
     POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map_or(1, |p| p.current_num_threads())
 }
 
-/// x [T, C] · wᵀ with w [N, C] -> [T, N]
-pub fn x_wt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
-    let (t, c) = x.dim();
-    let n = w.nrows();
-    let (x, w) = (x.as_standard_layout(), w.as_standard_layout());
-    let (Some(x_s), Some(w_s)) = (x.as_slice(), w.as_slice()) else { unreachable!("standard layout is contiguous") };
-    let mut y_nt = vec![0.0f32; n * t]; // [N, T]: each weight row's dots with every token
-    let pool = POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-    match pool.filter(|_| n * c >= PARALLEL_MIN_WEIGHTS) {
-        None => dot_rows(x_s, t, c, w_s, &mut y_nt),
-        Some(pool) => {
-            let rows_per_part = n.div_ceil(pool.current_num_threads()).max(1);
-            pool.install(|| {
-                y_nt.par_chunks_mut(rows_per_part * t)
-                    .zip(w_s.par_chunks(rows_per_part * c))
-                    .for_each(|(y_part, w_part)| dot_rows(x_s, t, c, w_part, y_part))
-            });
-        }
-    }
+/// x [T, K] · w [K, N] -> [T, N], for any strides of x and w.
+pub fn matmul(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
+    let ((t, k), n) = (x.dim(), w.ncols());
+    assert_eq!(w.nrows(), k, "matmul: x is [{t}, {k}] but w has {} rows", w.nrows());
+    let summation = Summation::for_shape(t, k, n);
     let mut y = Array2::<f32>::zeros((t, n)); // [T, N]
-    for (j, dots) in y_nt.chunks_exact(t).enumerate() {
-        for (i, &v) in dots.iter().enumerate() {
-            y[[i, j]] = v;
+    let pool = POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    match pool.filter(|_| t * n * k >= PARALLEL_MIN_WORK) {
+        None => product(x, w, y.view_mut(), summation),
+        Some(pool) => {
+            let columns_per_part = n.div_ceil(pool.current_num_threads()).max(1);
+            let parts = w.axis_chunks_iter(Axis(1), columns_per_part).zip(y.axis_chunks_iter_mut(Axis(1), columns_per_part));
+            pool.scope(|scope| {
+                for (w_part, y_part) in parts {
+                    scope.spawn(move |_| product(x, w_part, y_part, summation)); // [K, n_part] -> [T, n_part]
+                }
+            });
         }
     }
     y
 }
 
-/// y [rows, T]: the dot product of every row of w [rows, C] with every row of x [T, C].
-fn dot_rows(x: &[f32], t: usize, c: usize, w: &[f32], y: &mut [f32]) {
+/// x [T, C] · wᵀ with w [N, C] -> [T, N]: a Conv1D weight as the loader keeps it, [out, in], or
+/// wte [V, C] for the lm_head.
+pub fn x_wt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
+    matmul(x, w.t())
+}
+
+/// y [T, N] = x [T, K] · w [K, N] on the calling thread, by whichever kernel is faster for T.
+fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, mut y: ArrayViewMut2<f32>, summation: Summation) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { avx2::dot_rows(x, t, c, w, y) };
+    if (2..=HAND_MAX_TOKENS).contains(&x.nrows())
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        // The kernel wants w as rows [N, K] and x as rows [T, K], each contiguous.
+        if let (Some(w_rows), Some(x_rows)) = (w.t().to_slice(), x.to_slice()) {
+            let (t, k) = x.dim();
+            let mut y_nt = vec![0.0f32; w.ncols() * t]; // [N, T]: each weight row's dots with every token
+            // SAFETY: the CPU has AVX2 and FMA, checked just above.
+            unsafe { avx2::dot_rows(x_rows, t, k, w_rows, &mut y_nt) };
+            for (mut column, dots) in y.columns_mut().into_iter().zip(y_nt.chunks_exact(t)) {
+                column.assign(&ArrayView1::from(dots));
+            }
+            return;
+        }
     }
-    for (wr, yr) in w.chunks_exact(c).zip(y.chunks_exact_mut(t)) {
-        for (out, xr) in yr.iter_mut().zip(x.chunks_exact(c)) {
-            *out = dot::<false>(wr, xr);
+    summation.gemm(x, w, y)
+}
+
+/// How gemm sums each output element's K products.
+///
+/// gemm's micro-kernel keeps an output element in one register lane and adds its K products one
+/// after another (in blocks of up to ~500), so the rounding error of one call grows with K; the
+/// hand-written kernel sums in 8 interleaved lanes, K / 8 terms each. Measured on the committed
+/// goldens, one call per product lost up to half the headroom of checkpoints 01 to 11, so K is
+/// split into chunks, each summed from zero:
+#[derive(Clone, Copy, Debug)]
+enum Summation {
+    /// T = 1 (decode): gemm's matrix-vector path sums in 64 interleaved partial sums already.
+    OneCall,
+    /// Up to 8 chunks of `chunk` terms, as 8 partial products summed pairwise: K / 8 + 3
+    /// additions in a row. For products with small K and output (every product of the committed
+    /// fixtures; attention's per-head products), where the 8 partial outputs stay in cache.
+    Pairwise { chunk: usize },
+    /// Chunks of K / 8 terms, at least 16 and at most [`K_CHUNK`], each added to the output in
+    /// turn: K / 8 + 8 additions in a row up to K = 1024 (as the hand-written kernel), then
+    /// K_CHUNK + K / K_CHUNK, 152 for GPT-2 small's K = 3072 (hand-written: 387).
+    Chained,
+}
+
+/// The longest chunk of [`Summation::Pairwise`] and [`Summation::Chained`]. Each chunk is one gemm
+/// call, which costs speed: GPT-2 small's Conv1D products at 512 tokens ran at 67 GFLOP/s in
+/// chunks of 64, 72-74 in chunks of 128, 72-80 in one call (one thread, same machine and hour).
+const K_CHUNK: usize = 128;
+
+/// The largest output [T, N] (in floats) summed pairwise: 8 partial outputs of 256 KB.
+const PAIRWISE_MAX_OUTPUT: usize = 1 << 16;
+
+impl Summation {
+    /// Chosen from the shape of the whole product, before it is split between threads.
+    fn for_shape(t: usize, k: usize, n: usize) -> Summation {
+        let chunk = k.div_ceil(8).clamp(1, K_CHUNK);
+        if t == 1 || k <= 1 {
+            Summation::OneCall
+        } else if k <= 8 * chunk && t * n <= PAIRWISE_MAX_OUTPUT {
+            Summation::Pairwise { chunk }
+        } else {
+            Summation::Chained
+        }
+    }
+
+    /// y [T, N] = x [T, K] · w [K, N] on the calling thread.
+    fn gemm(self, x: ArrayView2<f32>, w: ArrayView2<f32>, mut y: ArrayViewMut2<f32>) {
+        let ((t, k), n) = (x.dim(), w.ncols());
+        let chunks = |chunk: usize| (0..k).step_by(chunk).map(move |start| start..(start + chunk).min(k));
+        let part = |range: Range<usize>| (x.slice(s![.., range.clone()]), w.slice(s![range, ..])); // [T, c], [c, N]
+        match self {
+            Summation::OneCall => gemm_call(x, w, y, false),
+            Summation::Pairwise { chunk } => {
+                let mut partials: Vec<Array2<f32>> = chunks(chunk)
+                    .map(|range| {
+                        let (x, w) = part(range);
+                        let mut partial = Array2::<f32>::zeros((t, n)); // [T, N]
+                        gemm_call(x, w, partial.view_mut(), false);
+                        partial
+                    })
+                    .collect();
+                while partials.len() > 1 {
+                    partials = partials
+                        .chunks_mut(2)
+                        .map(|pair| pair.iter_mut().map(std::mem::take).reduce(|a, b| a + b).unwrap_or_default())
+                        .collect();
+                }
+                if let Some(sum) = partials.first() {
+                    y.assign(sum);
+                }
+            }
+            Summation::Chained => {
+                for (i, range) in chunks(k.div_ceil(8).clamp(16, K_CHUNK)).enumerate() {
+                    let (x, w) = part(range);
+                    gemm_call(x, w, y.view_mut(), i > 0);
+                }
+            }
         }
     }
 }
 
-/// Lanes of partial sums in [`dot`]: enough independent accumulators to keep the vector units busy.
-const LANES: usize = 16;
-
-/// w · x, with LANES interleaved partial sums (the order HF's BLAS does not promise either).
-#[inline(always)]
-fn dot<const FMA: bool>(w: &[f32], x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let (wc, xc) = (w.chunks_exact(LANES), x.chunks_exact(LANES));
-    let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * b).sum();
-    for (wl, xl) in wc.zip(xc) {
-        for l in 0..LANES {
-            acc[l] = fmadd::<FMA>(wl[l], xl[l], acc[l]);
-        }
+/// One gemm call: y = x · w, or y += x · w when `accumulate`.
+fn gemm_call(x: ArrayView2<f32>, w: ArrayView2<f32>, mut y: ArrayViewMut2<f32>, accumulate: bool) {
+    let ((t, k), n) = (x.dim(), w.ncols());
+    assert!(w.nrows() == k && y.dim() == (t, n), "gemm_call: shapes [{t}, {k}] · {:?} -> {:?}", w.dim(), y.dim());
+    let (x_s, w_s, y_s) = (x.strides(), w.strides(), y.strides());
+    let (x_rs, x_cs, w_rs, w_cs, y_rs, y_cs) = (x_s[0], x_s[1], w_s[0], w_s[1], y_s[0], y_s[1]);
+    // SAFETY: each pointer is the first element of a view whose shape was checked just above
+    // (x [t, k], w [k, n], y [t, n]) and whose strides (in elements) are passed with it, so gemm
+    // reads and writes only elements of these views. y is borrowed mutably, so it aliases neither
+    // x nor w. dst = 1·dst + 1·x·w, where read_dst = false drops the first term.
+    unsafe {
+        gemm::gemm(
+            t,
+            n,
+            k,
+            y.as_mut_ptr(),
+            y_cs,
+            y_rs,
+            accumulate,
+            x.as_ptr(),
+            x_cs,
+            x_rs,
+            w.as_ptr(),
+            w_cs,
+            w_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
-    acc.iter().sum::<f32>() + tail
 }
 
-#[inline(always)]
-fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA { a.mul_add(b, c) } else { a * b + c }
-}
-
-/// The AVX2 + FMA kernels. Decode (T = 1) is bound by memory and the portable [`dot`] loop,
-/// compiled for these instructions, streams at full speed. Prefill is bound by arithmetic: it
-/// works on tiles of TILE_ROWS weight rows x TILE_TOKENS tokens whose partial sums stay in
-/// registers, so that every load feeds several fused multiply-adds, and prefetches the weight rows
+/// The hand-written kernel for short prompts (2 to HAND_MAX_TOKENS tokens), where it is faster than
+/// gemm (table at the top): such a product reads far more weights than it does arithmetic on
+/// them, and gemm's micro-kernel (16 x 6 outputs) leaves most of its registers idle on a few
+/// tokens. This one works on tiles of TILE_ROWS weight rows x TILE_TOKENS tokens whose partial sums
+/// stay in registers, reads each weight row once in storage order, and prefetches the weight rows
 /// two tiles ahead into L2 so that memory and arithmetic overlap.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -119,35 +236,26 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_rows(x: &[f32], t: usize, c: usize, w: &[f32], y: &mut [f32]) {
         let rows = w.len() / c;
-        if t == 1 {
-            for (wr, out) in w.chunks_exact(c).zip(y.iter_mut()) {
-                *out = super::dot::<true>(wr, x);
-            }
-            return;
-        }
         let w_rows = |r: usize| -> [&[f32]; TILE_ROWS] { std::array::from_fn(|k| &w[(r + k) * c..(r + k + 1) * c]) };
         let x_rows = |i: usize| -> [&[f32]; TILE_TOKENS] { std::array::from_fn(|k| &x[(i + k) * c..(i + k + 1) * c]) };
         let (w_row, x_row) = (|r: usize| [&w[r * c..(r + 1) * c]], |i: usize| [&x[i * c..(i + 1) * c]]);
-        for block in (0..t).step_by(super::TOKEN_BLOCK) {
-            let block_end = (block + super::TOKEN_BLOCK).min(t);
-            let mut r = 0;
-            while r < rows {
-                let full_rows = rows - r >= TILE_ROWS;
-                let mut i = block;
-                while i < block_end {
-                    let full_tokens = block_end - i >= TILE_TOKENS;
-                    // SAFETY (all four calls): the CPU has AVX2 and FMA (the caller checked) and every
-                    // slice is one full row of length c.
-                    match (full_rows, full_tokens) {
-                        (true, true) => store(y, t, r, i, unsafe { tile(w_rows(r), x_rows(i)) }),
-                        (true, false) => store(y, t, r, i, unsafe { tile(w_rows(r), x_row(i)) }),
-                        (false, true) => store(y, t, r, i, unsafe { tile(w_row(r), x_rows(i)) }),
-                        (false, false) => store(y, t, r, i, unsafe { tile(w_row(r), x_row(i)) }),
-                    }
-                    i += if full_tokens { TILE_TOKENS } else { 1 };
+        let mut r = 0;
+        while r < rows {
+            let full_rows = rows - r >= TILE_ROWS;
+            let mut i = 0;
+            while i < t {
+                let full_tokens = t - i >= TILE_TOKENS;
+                // SAFETY (all four calls): the CPU has AVX2 and FMA (the caller checked) and every
+                // slice is one full row of length c.
+                match (full_rows, full_tokens) {
+                    (true, true) => store(y, t, r, i, unsafe { tile(w_rows(r), x_rows(i)) }),
+                    (true, false) => store(y, t, r, i, unsafe { tile(w_rows(r), x_row(i)) }),
+                    (false, true) => store(y, t, r, i, unsafe { tile(w_row(r), x_rows(i)) }),
+                    (false, false) => store(y, t, r, i, unsafe { tile(w_row(r), x_row(i)) }),
                 }
-                r += if full_rows { TILE_ROWS } else { 1 };
+                i += if full_tokens { TILE_TOKENS } else { 1 };
             }
+            r += if full_rows { TILE_ROWS } else { 1 };
         }
     }
 
@@ -215,17 +323,44 @@ mod tests {
         Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 31 + j * 17) % 23) as f32 * scale - 0.5)
     }
 
+    /// The product in float64, summed in order: the truth the float32 products are held to.
+    fn exact(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
+        Array2::from_shape_fn((x.nrows(), w.ncols()), |(i, j)| {
+            x.row(i).iter().zip(w.column(j)).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>() as f32
+        })
+    }
+
     #[test]
-    fn every_path_agrees_with_ndarray_for_any_thread_count() {
-        for threads in [1, 2, 3] {
-            set_threads(threads);
-            for t in [1, 2, 5, 16, 17, 70, 130] {
-                let x = ramp(t, 37, 0.05);
-                let w = ramp(41, 37, 0.02);
-                let diff = (&x_wt(x.view(), w.view()) - &x.dot(&w.t())).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
-                assert!(diff < 1e-5, "{threads} threads, T={t}: {diff}");
+    fn every_shape_and_layout_agrees_with_float64_for_any_thread_count() {
+        // (K, N): split between threads and chained; pairwise; chained in several chunks
+        for (k, n) in [(37, 4100), (37, 50), (600, 300)] {
+            for threads in [1, 2, 3] {
+                set_threads(threads);
+                // T: one call (matrix-vector), the hand-written kernel, gemm
+                for t in [1, 2, 5, 16, 17, 70, 130] {
+                    let x = ramp(t, k, 0.05); // [T, K]
+                    let w_nk = ramp(n, k, 0.02); // [N, K]
+                    let w_kn = w_nk.t().as_standard_layout().into_owned(); // [K, N], row-major
+                    let truth = exact(x.view(), w_kn.view());
+                    for (layout, y) in [("x·wᵀ", x_wt(x.view(), w_nk.view())), ("x·w", matmul(x.view(), w_kn.view()))] {
+                        let diff = (&y - &truth).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
+                        assert!(diff < 1e-5 * k as f32, "{threads} threads, T={t}, K={k}, N={n}, {layout}: {diff}");
+                    }
+                }
             }
         }
         set_threads(1);
+    }
+
+    #[test]
+    fn the_thread_count_does_not_change_a_single_bit() {
+        let x = ramp(33, 768, 0.05); // [T, K]: GPT-2 small's width
+        let w = ramp(2304, 768, 0.02); // [N, K]: c_attn
+        set_threads(1);
+        let one = x_wt(x.view(), w.view());
+        set_threads(2);
+        let two = x_wt(x.view(), w.view());
+        set_threads(1);
+        assert_eq!(one, two);
     }
 }

@@ -137,7 +137,7 @@ impl Gpt2 {
 
     /// Checkpoint 08: the tied lm_head, h [T, C] -> logits [T, V] = h · wteᵀ (no bias).
     pub fn lm_head(&self, h: ArrayView2<f32>) -> Array2<f32> {
-        kernels::x_wt(h.as_standard_layout().view(), self.wte.view()) // [T, V]
+        kernels::x_wt(h, self.wte.view()) // [T, V]
     }
 
     /// One position: h [C] -> logits [V], one dot product per row of wte.

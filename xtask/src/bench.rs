@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: the Rust reference and HF transformers side by side, same weights, same
 //! thread count, same protocol, measured in the same run.
 //!
-//! Protocol (also in reference/bench_hf.py): prompt ids i -> (i * 7919 + 13) % vocab. prefill T: a
-//! fresh forward of T tokens with the KV cache on, logits of the last position only. decode: after
+//! Protocol (also in reference/bench_hf.py): prompt ids i -> (i * 7919 + 13) % vocab. prefill T
+//! (8, 128, 512): a fresh forward of T tokens with the KV cache on, logits of the last position
+//! only. decode: after
 //! an 8-token prefill, 64 greedy steps with the cache, ms per step. Median of `runs` runs after one
 //! warm-up. Each implementation runs in its own process so that its peak RSS (VmHWM) is its own:
 //! the Rust side is this binary's hidden `bench-rust` subcommand.
@@ -23,6 +24,7 @@ use crate::python::Venv;
 pub struct Timings {
     pub prefill_8_ms: f64,
     pub prefill_128_ms: f64,
+    pub prefill_512_ms: f64,
     pub decode_ms_per_token: f64,
     pub peak_rss_mb: f64,
 }
@@ -71,6 +73,7 @@ pub fn bench_rust(model_dir: &Path, threads: usize, runs: usize) -> Result<()> {
     let timings = Timings {
         prefill_8_ms: median_ms(prefill(8), runs)?,
         prefill_128_ms: median_ms(prefill(128), runs)?,
+        prefill_512_ms: median_ms(prefill(512), runs)?,
         decode_ms_per_token: median_ms(decode, runs)?,
         peak_rss_mb: peak_rss_mb(),
     };
@@ -101,14 +104,14 @@ fn run_json(command: &mut Command, what: &str) -> Result<Timings> {
 
 /// Runs both sides for each thread count and prints the markdown table with Rust/HF ratios.
 pub fn bench(venv: &Venv, model_dir: &Path, threads: &[usize], runs: usize) -> Result<()> {
-    if !model_dir.join("model.safetensors").is_file() {
-        bail!("{}: no model.safetensors; make one with `cargo xtask make-model --preset gpt2`", model_dir.display());
+    if let Err(e) = gpt2_checkpoints::weights::ModelFiles::find(model_dir) {
+        bail!("{e}; make a model with `cargo xtask make-model --preset gpt2`");
     }
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;
     let python = venv.dir.join("bin").join("python");
     let script = crate::project_root().join("reference").join("bench_hf.py");
     let mut table = String::from(
-        "| implementation | threads | prefill 8 tok (ms) | prefill 128 tok (ms) | decode (ms/token) | peak RSS (MB) |\n|---|---|---|---|---|---|\n",
+        "| implementation | threads | prefill 8 tok (ms) | prefill 128 tok (ms) | prefill 512 tok (ms) | decode (ms/token) | peak RSS (MB) |\n|---|---|---|---|---|---|---|\n",
     );
     for &n in threads {
         eprintln!("benchmarking with {n} thread(s): Rust reference");
@@ -125,16 +128,17 @@ pub fn bench(venv: &Venv, model_dir: &Path, threads: &[usize], runs: usize) -> R
         }
         for (name, t) in &rows {
             table.push_str(&format!(
-                "| {name} | {n} | {:.1} | {:.1} | {:.1} | {:.0} |\n",
-                t.prefill_8_ms, t.prefill_128_ms, t.decode_ms_per_token, t.peak_rss_mb
+                "| {name} | {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |\n",
+                t.prefill_8_ms, t.prefill_128_ms, t.prefill_512_ms, t.decode_ms_per_token, t.peak_rss_mb
             ));
         }
         for (name, hf) in &rows[1..] {
             let attn = name.rsplit(' ').next().unwrap_or_default();
             table.push_str(&format!(
-                "| Rust / HF {attn} | {n} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+                "| Rust / HF {attn} | {n} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
                 rust.prefill_8_ms / hf.prefill_8_ms,
                 rust.prefill_128_ms / hf.prefill_128_ms,
+                rust.prefill_512_ms / hf.prefill_512_ms,
                 rust.decode_ms_per_token / hf.decode_ms_per_token,
                 rust.peak_rss_mb / hf.peak_rss_mb
             ));

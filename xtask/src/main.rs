@@ -104,8 +104,8 @@ enum Command {
         /// A GPT-2 directory, e.g. target/models/gpt2 from `cargo xtask make-model --preset gpt2`.
         #[arg(long)]
         model: PathBuf,
-        /// Thread counts to measure (repeatable).
-        #[arg(long = "threads", default_values_t = [1, 2])]
+        /// Thread counts to measure: a list (`--threads 1,2,4`) or repeated.
+        #[arg(long = "threads", value_delimiter = ',', default_values_t = [1, 2])]
         threads: Vec<usize>,
         #[arg(long, default_value_t = 5)]
         runs: usize,
