@@ -47,16 +47,18 @@ impl Attention {
         let s_len = k.shape()[1];
         let past = s_len - t;
         let mut scores = Array3::<f32>::zeros((h, t, s_len)); // [H, T, S]
-        for head in 0..h {
+        let mut weights = Array3::<f32>::zeros((h, t, s_len)); // [H, T, S]
+        let heads = scores.axis_iter_mut(Axis(0)).zip(weights.axis_iter_mut(Axis(0))).enumerate();
+        kernels::for_each_part(heads, |(head, (mut scores, mut weights))| {
             let mut sc = kernels::x_wt(q.index_axis(Axis(0), head), k.index_axis(Axis(0), head)); // [T, S] = q·kᵀ
             sc *= self.scale;
             for (i, mut row) in sc.rows_mut().into_iter().enumerate() {
                 row.slice_mut(s![past + i + 1..]).fill(MASKED); // the future is masked
             }
-            scores.index_axis_mut(Axis(0), head).assign(&sc);
-        }
-        let mut weights = scores.clone(); // [H, T, S]
-        softmax_last_axis(&mut weights);
+            scores.assign(&sc);
+            weights.assign(&sc);
+            softmax_last_axis(&mut weights);
+        });
         AttnScores { scores, weights }
     }
 
@@ -65,10 +67,10 @@ impl Attention {
         let (h, t, _) = weights.dim();
         let d = v.shape()[2];
         let mut merged = Array2::<f32>::zeros((t, h * d)); // [T, C]
-        for head in 0..h {
+        kernels::for_each_part(merged.axis_chunks_iter_mut(Axis(1), d).enumerate(), |(head, mut merged)| {
             let ctx = kernels::matmul(weights.index_axis(Axis(0), head), v.index_axis(Axis(0), head)); // [T, D] = weights·v
-            merged.slice_mut(s![.., head * d..(head + 1) * d]).assign(&ctx);
-        }
+            merged.assign(&ctx); // head's D columns of [T, C]
+        });
         self.c_proj.forward(merged.view()) // [T, C]
     }
 

@@ -57,6 +57,25 @@ pub fn threads() -> usize {
     POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map_or(1, |p| p.current_num_threads())
 }
 
+/// Runs `work` on every part, each part on one thread of the pool when there is one, else in order
+/// on the calling thread: attention's heads, which are independent of one another. Each part is
+/// computed the same way whatever the thread count, so the results do not depend on it.
+pub fn for_each_part<P: Send>(parts: impl Iterator<Item = P>, work: impl Fn(P) + Sync) {
+    let pool = POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    match pool {
+        None => parts.for_each(work),
+        Some(pool) => {
+            let parts: Vec<P> = parts.collect();
+            pool.scope(|scope| {
+                let work = &work;
+                for part in parts {
+                    scope.spawn(move |_| work(part));
+                }
+            })
+        }
+    }
+}
+
 /// x [T, K] · w [K, N] -> [T, N], for any strides of x and w.
 pub fn matmul(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
     let ((t, k), n) = (x.dim(), w.ncols());

@@ -11,9 +11,13 @@ pub const MASKED: f32 = f32::MIN;
 /// Softmax of one row, in place. The exponentials and their sum are taken in float64: a float32
 /// sum of 50257 terms in a row is off by ~1e-5 of a probability (CHECKPOINTS.md, 11), ten times
 /// HF's own error; in float64 the result is the correctly rounded float32 of the true softmax.
+///
+/// A masked entry's exponential is 0 exactly; it is written as such rather than computed (libm's
+/// exp is slow on the underflow path, and half the scores of a prompt are masked).
 pub fn softmax_row(mut row: ArrayViewMut1<f32>) {
     let max = f64::from(row.fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
-    let exps: Vec<f64> = row.iter().map(|&v| (f64::from(v) - max).exp()).collect();
+    let masked = |v: f32| v <= MASKED && f64::from(v) < max;
+    let exps: Vec<f64> = row.iter().map(|&v| if masked(v) { 0.0 } else { (f64::from(v) - max).exp() }).collect();
     let sum: f64 = exps.iter().sum();
     for (v, e) in row.iter_mut().zip(exps) {
         *v = (e / sum) as f32;
