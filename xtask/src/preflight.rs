@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow, bail};
 use gpt2_checkpoints::config::Config;
@@ -30,7 +31,8 @@ pub fn prepare(venv: &Venv, plans: Vec<SetPlan>) -> Result<Vec<SetPlan>> {
     let plans = extract::localize(venv, plans)?;
     let dirs: BTreeSet<String> = plans.iter().map(|p| extract::resolve_source(&p.source)).collect();
     for dir in &dirs {
-        let files = check(Path::new(dir), &plans)?;
+        let checked = CHECKED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(Path::new(dir));
+        let files = if checked { ModelFiles::find(Path::new(dir))? } else { check(Path::new(dir), &plans)? };
         if files.layout == Layout::PytorchBin {
             let files = convert(venv, &files)?;
             Weights::open(&files)?.check(&Config::from_model_dir(&files.dir)?)?;
@@ -38,6 +40,10 @@ pub fn prepare(venv: &Venv, plans: Vec<SetPlan>) -> Result<Vec<SetPlan>> {
     }
     Ok(plans)
 }
+
+/// The directories [`check`] has passed in this command (local models are checked before Python
+/// starts, and [`prepare`] does not read them again).
+static CHECKED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 /// Everything that can be checked in `dir` without Python, for the plans whose model it is: the
 /// config, the weights' layout and (safetensors) headers, the tokenizer and the prompts.
@@ -52,6 +58,7 @@ pub fn check(dir: &Path, plans: &[SetPlan]) -> Result<ModelFiles> {
     if files.layout != Layout::PytorchBin {
         Weights::open(&files)?.check(&config)?;
     }
+    CHECKED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(dir.to_path_buf());
     Ok(files)
 }
 
