@@ -2,6 +2,8 @@
 //! 02 q/k/v per head, 03 the cache append, 04 scaled and masked scores and their softmax,
 //! 05 the output projection.
 
+use std::ops::Range;
+
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 
 use super::conv1d::Conv1D;
@@ -34,7 +36,11 @@ impl Attention {
         // feature: gather it as a contiguous [H, T, D].
         let split = |part: usize| -> Array3<f32> {
             let block = qkv.slice(s![.., part * c..(part + 1) * c]); // [T, C]
-            Array3::from_shape_fn((h, t, d), |(head, pos, j)| block[[pos, head * d + j]]) // [H, T, D]
+            let mut split = Array3::<f32>::zeros((h, t, d)); // [H, T, D]
+            for (head, mut rows) in split.outer_iter_mut().enumerate() {
+                rows.assign(&block.slice(s![.., head * d..(head + 1) * d])); // [T, D]
+            }
+            split
         };
         Qkv { q: split(0), k: split(1), v: split(2) }
     }
@@ -46,17 +52,20 @@ impl Attention {
         let (h, t, _) = q.dim();
         let s_len = k.shape()[1];
         let past = s_len - t;
-        let mut scores = Array3::<f32>::zeros((h, t, s_len)); // [H, T, S]
+        let mut scores = Array3::<f32>::from_elem((h, t, s_len), MASKED); // [H, T, S]: the future is masked
         let mut weights = Array3::<f32>::zeros((h, t, s_len)); // [H, T, S]
         let heads = scores.axis_iter_mut(Axis(0)).zip(weights.axis_iter_mut(Axis(0))).enumerate();
         kernels::for_each_part(heads, |(head, (mut scores, mut weights))| {
-            let mut sc = kernels::x_wt(q.index_axis(Axis(0), head), k.index_axis(Axis(0), head)); // [T, S] = q·kᵀ
-            sc *= self.scale;
-            for (i, mut row) in sc.rows_mut().into_iter().enumerate() {
-                row.slice_mut(s![past + i + 1..]).fill(MASKED); // the future is masked
+            let (q, k) = (q.index_axis(Axis(0), head), k.index_axis(Axis(0), head)); // [T, D], [S, D]
+            for (rows, seen) in causal_blocks(t, past) {
+                let mut sc = kernels::x_wt(q.slice(s![rows.clone(), ..]), k.slice(s![..seen, ..])); // [rows, seen] = q·kᵀ
+                sc *= self.scale;
+                for (i, mut row) in rows.clone().zip(sc.rows_mut()) {
+                    row.slice_mut(s![past + i + 1..]).fill(MASKED); // the future within the block
+                }
+                scores.slice_mut(s![rows, ..seen]).assign(&sc);
             }
-            scores.assign(&sc);
-            weights.assign(&sc);
+            weights.assign(&scores);
             softmax_last_axis(&mut weights);
         });
         AttnScores { scores, weights }
@@ -64,12 +73,15 @@ impl Attention {
 
     /// weights [H, T, S] and values v [H, S, D] -> heads merged [T, C] -> c_proj -> [T, C]
     pub fn output(&self, weights: ArrayView3<f32>, v: ArrayView3<f32>) -> Array2<f32> {
-        let (h, t, _) = weights.dim();
+        let (h, t, s_len) = weights.dim();
         let d = v.shape()[2];
         let mut merged = Array2::<f32>::zeros((t, h * d)); // [T, C]
         kernels::for_each_part(merged.axis_chunks_iter_mut(Axis(1), d).enumerate(), |(head, mut merged)| {
-            let ctx = kernels::matmul(weights.index_axis(Axis(0), head), v.index_axis(Axis(0), head)); // [T, D] = weights·v
-            merged.assign(&ctx); // head's D columns of [T, C]
+            let (weights, v) = (weights.index_axis(Axis(0), head), v.index_axis(Axis(0), head)); // [T, S], [S, D]
+            for (rows, seen) in causal_blocks(t, s_len - t) {
+                let ctx = kernels::matmul(weights.slice(s![rows.clone(), ..seen]), v.slice(s![..seen, ..])); // [rows, D] = weights·v
+                merged.slice_mut(s![rows, ..]).assign(&ctx); // head's D columns of [T, C]
+            }
         });
         self.c_proj.forward(merged.view()) // [T, C]
     }
@@ -89,4 +101,18 @@ impl Attention {
         sink.tap(tap::attn_output(layer), out.view().into_dyn());
         Ok(out)
     }
+}
+
+/// Query rows per block of attention's products: a block sees only the keys up to its last row,
+/// so the masked part of a long prompt's scores (nearly half) is neither computed nor multiplied
+/// by v.
+const QUERY_BLOCK: usize = 64;
+
+/// The blocks of T query rows that follow `past` cached positions: each block's rows, and how many
+/// keys its last row sees.
+fn causal_blocks(t: usize, past: usize) -> impl Iterator<Item = (Range<usize>, usize)> {
+    (0..t).step_by(QUERY_BLOCK).map(move |start| {
+        let end = (start + QUERY_BLOCK).min(t);
+        (start..end, past + end)
+    })
 }
