@@ -3,7 +3,7 @@
 //! Masked entries hold [`MASKED`] (torch.finfo(float32).min, what HF's eager mask adds) or -inf;
 //! both give exp(...) = 0.
 
-use ndarray::{ArrayBase, ArrayViewMut1, Axis, DataMut, Dimension, RemoveAxis};
+use ndarray::{ArrayBase, ArrayView1, ArrayViewMut1, Axis, DataMut, Dimension, RemoveAxis};
 
 /// The value HF's eager attention leaves at masked positions: torch.finfo(torch.float32).min.
 pub const MASKED: f32 = f32::MIN;
@@ -15,13 +15,57 @@ pub const MASKED: f32 = f32::MIN;
 /// A masked entry's exponential is 0 exactly; it is written as such rather than computed (libm's
 /// exp is slow on the underflow path, and half the scores of a prompt are masked).
 pub fn softmax_row(mut row: ArrayViewMut1<f32>) {
-    let max = f64::from(row.fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
+    match row.as_slice_mut() {
+        Some(values) => softmax_slice(values),
+        None => {
+            let mut values = row.to_vec();
+            softmax_slice(&mut values);
+            row.assign(&ArrayView1::from(&values));
+        }
+    }
+}
+
+/// [`softmax_row`] on a slice, where its loops compile to vector instructions.
+fn softmax_slice(values: &mut [f32]) {
+    let max = f64::from(values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
     let masked = |v: f32| v <= MASKED && f64::from(v) < max;
-    let exps: Vec<f64> = row.iter().map(|&v| if masked(v) { 0.0 } else { (f64::from(v) - max).exp() }).collect();
+    let mut exps = vec![0.0f64; values.len()];
+    for (e, &v) in exps.iter_mut().zip(values.iter()) {
+        let exp = exp_nonpositive(f64::from(v) - max);
+        *e = if masked(v) { 0.0 } else { exp }; // computed either way: the loop stays branch-free
+    }
     let sum: f64 = exps.iter().sum();
-    for (v, e) in row.iter_mut().zip(exps) {
+    for (v, e) in values.iter_mut().zip(exps) {
         *v = (e / sum) as f32;
     }
+}
+
+/// e^x for x <= 0, in float64: x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^13
+/// (relative error below 1e-16, where libm's is ~1e-16 too), 2^n built in the exponent bits; 0 below
+/// -708, where e^x leaves float64's normal range (a float32 weight is 0 from e^-104 on). Unlike
+/// libm's exp, a loop of these compiles to vector instructions: with libm, the exponentials were
+/// ~10% of a 512-token prefill.
+#[inline(always)]
+fn exp_nonpositive(x: f64) -> f64 {
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52: adding it rounds to an integer, kept in the low bits
+    const INVERSE_FACTORIALS: [f64; 14] = {
+        let mut c = [1.0; 14];
+        let mut i = 1;
+        while i < 14 {
+            c[i] = c[i - 1] / i as f64;
+            i += 1;
+        }
+        c
+    };
+    let clamped = x.max(-708.0);
+    let shifted = clamped * std::f64::consts::LOG2_E + ROUND; // ROUND + n
+    let n = shifted - ROUND;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let e_r = INVERSE_FACTORIALS.iter().rev().fold(0.0, |p, &c| p * r + c);
+    let two_to_n = f64::from_bits(shifted.to_bits().wrapping_add(1023) << 52); // (n + 1023) << 52: the bits of 2^n
+    if x < -708.0 { 0.0 } else { e_r * two_to_n }
 }
 
 /// Softmax over the last axis of any array, in place.
@@ -41,6 +85,22 @@ mod tests {
     use super::*;
     use approx::assert_abs_diff_eq;
     use ndarray::array;
+
+    #[test]
+    fn exp_nonpositive_matches_libm() {
+        let mut worst = 0.0f64;
+        for i in 0..=800_000 {
+            let x = -(i as f64) * 1e-3; // 0 .. -800
+            let (ours, libm) = (exp_nonpositive(x), x.exp());
+            if x >= -708.0 {
+                worst = worst.max((ours - libm).abs() / libm);
+            } else {
+                assert!(ours == 0.0 && libm < 1e-307, "{x}: {ours} against {libm}");
+            }
+        }
+        assert!(worst < 4e-16, "worst relative difference {worst:e}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+    }
 
     #[test]
     fn real_gpt2_logits_do_not_overflow() {
