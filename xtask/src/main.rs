@@ -197,8 +197,12 @@ pub fn project_root() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    return_large_allocations_to_the_system();
     let cli = Cli::parse();
+    // Not for the Rust side of `bench`: it measures the reference as a user's process runs it, with
+    // glibc's own allocation policy.
+    if !matches!(cli.command, Command::BenchRust { .. }) {
+        return_large_allocations_to_the_system();
+    }
     if let Command::Compare { goldens, candidates, claims, precision, json } = &cli.command {
         return compare_exit(goldens, candidates, claims, *precision, json);
     }
@@ -217,7 +221,8 @@ fn main() -> ExitCode {
 /// kept growing by a fraction of the weights; a fixed 1 MB threshold hands every freed tensor back.
 fn return_large_allocations_to_the_system() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; it is called before any other thread exists.
+    // SAFETY: mallopt only changes allocator tuning; it is called before any other thread exists
+    // (parsing the command line starts none).
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
