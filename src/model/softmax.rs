@@ -30,7 +30,9 @@ fn softmax_slice(values: &mut [f32]) {
     let max = f64::from(values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
     let masked = |v: f32| v <= MASKED && f64::from(v) < max;
     let mut exps = vec![0.0f64; values.len()];
-    for (e, &v) in exps.iter_mut().zip(values.iter()) {
+    // A causal row's masked entries are its tail: their exponentials are the zeros already there.
+    let visible = values.iter().rposition(|&v| !masked(v)).map_or(0, |last| last + 1);
+    for (e, &v) in exps[..visible].iter_mut().zip(&values[..visible]) {
         let exp = exp_nonpositive(f64::from(v) - max);
         *e = if masked(v) { 0.0 } else { exp }; // computed either way: the loop stays branch-free
     }
