@@ -36,10 +36,25 @@ fn softmax_slice(values: &mut [f32]) {
         let exp = exp_nonpositive(f64::from(v) - max);
         *e = if masked(v) { 0.0 } else { exp }; // computed either way: the loop stays branch-free
     }
-    let sum: f64 = exps.iter().sum();
+    let inverse_sum = 1.0 / sum_in_lanes(&exps);
     for (v, e) in values.iter_mut().zip(exps) {
-        *v = (e / sum) as f32;
+        *v = (e * inverse_sum) as f32;
     }
+}
+
+/// The sum of `values` in 8 interleaved partial sums, which vector instructions add side by side
+/// (one running sum waits ~4 cycles per addition). In float64 the order changes a float32 weight
+/// only when the result lies within 2^-29 of a rounding boundary, as does multiplying by the
+/// inverse of the sum instead of dividing (both measured: the same table as in order).
+fn sum_in_lanes(values: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f64>() + chunks.remainder().iter().sum::<f64>()
 }
 
 /// e^x for x <= 0, in float64: x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^13
