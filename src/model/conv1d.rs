@@ -20,7 +20,8 @@ impl Conv1D {
     /// x [T, in] -> [T, out]
     pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let mut y = kernels::x_wt(x, self.weight.view()); // [T, out]
-        y += &self.bias.view().insert_axis(Axis(0));
+        let bias = self.bias.view().insert_axis(Axis(0)); // [1, out]
+        kernels::for_each_row_block(y.view_mut(), |mut rows| rows += &bias);
         y
     }
 }

@@ -40,6 +40,9 @@ use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, ShapeBuilder,
 /// on the calling thread: handing them to the pool would cost more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
+/// Element-wise passes over fewer elements than this stay on the calling thread.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
 /// Prompts of 2 to this many tokens go through the hand-written kernel where the CPU has AVX2 and
 /// FMA (see the table at the top).
 pub const HAND_MAX_TOKENS: usize = 15;
@@ -79,6 +82,19 @@ pub fn for_each_part<P: Send>(parts: impl Iterator<Item = P>, work: impl Fn(P) +
             })
         }
     }
+}
+
+/// Runs `work` on blocks of `a`'s rows, one block per thread of the pool (on the calling thread
+/// alone when there is no pool or `a` is small): the element-wise passes over a prompt's
+/// activations (a Conv1D's bias, the GELU), which would otherwise leave the other threads idle
+/// between two products. Each element is computed the same way whatever the thread count.
+pub fn for_each_row_block(mut a: ArrayViewMut2<f32>, work: impl Fn(ArrayViewMut2<f32>) + Sync) {
+    let threads = threads();
+    if threads == 1 || a.len() < PARALLEL_MIN_ELEMENTS {
+        return work(a);
+    }
+    let rows_per_block = a.nrows().div_ceil(threads);
+    for_each_part(a.axis_chunks_iter_mut(Axis(0), rows_per_block), work);
 }
 
 /// x [T, K] · w [K, N] -> [T, N], for any strides of x and w.

@@ -3,6 +3,7 @@
 use ndarray::ArrayView2;
 
 use super::conv1d::Conv1D;
+use super::kernels;
 use crate::port::MlpOutput;
 
 pub struct Mlp {
@@ -16,7 +17,7 @@ impl Mlp {
     /// x [T, C] (ln_2 output) -> gelu [T, 4C] and output [T, C]
     pub fn forward(&self, x: ArrayView2<f32>) -> MlpOutput {
         let mut gelu = self.c_fc.forward(x); // [T, 4C]
-        gelu.mapv_inplace(gelu_new);
+        kernels::for_each_row_block(gelu.view_mut(), |mut rows| rows.mapv_inplace(gelu_new));
         let output = self.c_proj.forward(gelu.view()); // [T, C]
         MlpOutput { gelu, output }
     }
