@@ -6,7 +6,9 @@
 //! only. decode: after
 //! an 8-token prefill, 64 greedy steps with the cache, ms per step. Median of `runs` runs after one
 //! warm-up. Each implementation runs in its own process so that its peak RSS (VmHWM) is its own:
-//! the Rust side is this binary's hidden `bench-rust` subcommand.
+//! the Rust side is this binary's hidden `bench-rust` subcommand. The processes run `rounds` times,
+//! the sides taking turns (this host's speed drifts by 20-60% within minutes), and each figure is
+//! the median over the rounds.
 
 use std::path::Path;
 use std::process::Command;
@@ -102,10 +104,30 @@ fn run_json(command: &mut Command, what: &str) -> Result<Timings> {
     serde_json::from_str(line).with_context(|| format!("the {what} benchmark printed {line:?}, not its timings"))
 }
 
-/// Runs both sides for each thread count and prints the markdown table with Rust/HF ratios.
-pub fn bench(venv: &Venv, model_dir: &Path, threads: &[usize], runs: usize) -> Result<()> {
+/// The median of each figure over the rounds; peak RSS: the highest.
+fn over_rounds(rounds: &[Timings]) -> Timings {
+    let median = |field: fn(&Timings) -> f64| {
+        let mut values: Vec<f64> = rounds.iter().map(field).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    Timings {
+        prefill_8_ms: median(|t| t.prefill_8_ms),
+        prefill_128_ms: median(|t| t.prefill_128_ms),
+        prefill_512_ms: median(|t| t.prefill_512_ms),
+        decode_ms_per_token: median(|t| t.decode_ms_per_token),
+        peak_rss_mb: rounds.iter().map(|t| t.peak_rss_mb).fold(f64::NAN, f64::max),
+    }
+}
+
+/// Runs both sides for each thread count, `rounds` times in turn, and prints the markdown table
+/// with Rust/HF ratios.
+pub fn bench(venv: &Venv, model_dir: &Path, threads: &[usize], runs: usize, rounds: usize) -> Result<()> {
     if let Err(e) = gpt2_checkpoints::weights::ModelFiles::find(model_dir) {
         bail!("{e}; make a model with `cargo xtask make-model --preset gpt2`");
+    }
+    if runs == 0 || rounds == 0 {
+        bail!("--runs and --rounds must be at least 1");
     }
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;
     let python = venv.dir.join("bin").join("python");
@@ -114,18 +136,23 @@ pub fn bench(venv: &Venv, model_dir: &Path, threads: &[usize], runs: usize) -> R
         "| implementation | threads | prefill 8 tok (ms) | prefill 128 tok (ms) | prefill 512 tok (ms) | decode (ms/token) | peak RSS (MB) |\n|---|---|---|---|---|---|---|\n",
     );
     for &n in threads {
-        eprintln!("benchmarking with {n} thread(s): Rust reference");
-        let rust = run_json(
-            Command::new(&exe).args(["bench-rust", "--threads", &n.to_string(), "--runs", &runs.to_string(), "--model"]).arg(model_dir),
-            "Rust",
-        )?;
-        let mut rows = vec![("Rust reference".to_string(), rust)];
+        let (threads_arg, runs_arg) = (n.to_string(), runs.to_string());
+        let mut sides: Vec<(String, Command)> = vec![("Rust reference".to_string(), Command::new(&exe))];
+        sides[0].1.args(["bench-rust", "--threads", &threads_arg, "--runs", &runs_arg, "--model"]).arg(model_dir);
         for attn in ["eager", "sdpa"] {
-            eprintln!("benchmarking with {n} thread(s): HF {attn}");
             let mut command = Command::new(&python);
-            command.arg(&script).args(["--attn", attn, "--threads", &n.to_string(), "--runs", &runs.to_string(), "--model"]).arg(model_dir);
-            rows.push((format!("HF transformers, {attn}"), run_json(&mut command, &format!("HF {attn}"))?));
+            command.arg(&script).args(["--attn", attn, "--threads", &threads_arg, "--runs", &runs_arg, "--model"]).arg(model_dir);
+            sides.push((format!("HF transformers, {attn}"), command));
         }
+        let mut measured: Vec<Vec<Timings>> = vec![Vec::new(); sides.len()];
+        for round in 1..=rounds {
+            for ((name, command), measured) in sides.iter_mut().zip(&mut measured) {
+                eprintln!("benchmarking with {n} thread(s), round {round}/{rounds}: {name}");
+                measured.push(run_json(command, name)?);
+            }
+        }
+        let rows: Vec<(&str, Timings)> = sides.iter().zip(&measured).map(|((name, _), m)| (name.as_str(), over_rounds(m))).collect();
+        let rust = rows[0].1;
         for (name, t) in &rows {
             table.push_str(&format!(
                 "| {name} | {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |\n",
@@ -144,6 +171,6 @@ pub fn bench(venv: &Venv, model_dir: &Path, threads: &[usize], runs: usize) -> R
             ));
         }
     }
-    println!("\n{}: median of {runs} runs, {NEW_TOKENS} decode steps\n\n{table}", model_dir.display());
+    println!("\n{}: median over {rounds} rounds of the median of {runs} runs, {NEW_TOKENS} decode steps\n\n{table}", model_dir.display());
     Ok(())
 }

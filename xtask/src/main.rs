@@ -113,8 +113,13 @@ enum Command {
         /// Thread counts to measure: a list (`--threads 1,2,4`) or repeated.
         #[arg(long = "threads", value_delimiter = ',', default_values_t = [1, 2])]
         threads: Vec<usize>,
-        #[arg(long, default_value_t = 5)]
+        /// Timed runs per process, after one warm-up.
+        #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Each side's process runs this many times, the sides taking turns: a slow spell of the
+        /// host then falls on all of them. Each figure is the median over the rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// The Rust side of `bench`, run by it in a process of its own.
     #[command(hide = true)]
@@ -285,7 +290,7 @@ fn run(cli: Cli) -> Result<()> {
             let tolerances = Tolerances::load(&root.join(TOLERANCES))?.with_precision(precision);
             validate::validate(&Venv::ensure()?, &source_from_cwd(&model), plans, &tolerances)
         }
-        Command::Bench { model, threads, runs } => bench::bench(&Venv::ensure()?, &model, &threads, runs),
+        Command::Bench { model, threads, runs, rounds } => bench::bench(&Venv::ensure()?, &model, &threads, runs, rounds),
         Command::BenchRust { model, threads, runs } => bench::bench_rust(&model, threads, runs),
         Command::Measure { goldens, verbose, noise } => {
             measure::measure(&goldens, &Tolerances::load(&root.join(TOLERANCES))?, verbose, noise)
