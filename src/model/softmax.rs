@@ -12,8 +12,9 @@ pub const MASKED: f32 = f32::MIN;
 /// sum of 50257 terms in a row is off by ~1e-5 of a probability (CHECKPOINTS.md, 11), ten times
 /// HF's own error; in float64 the result is the correctly rounded float32 of the true softmax.
 ///
-/// A masked entry's exponential is 0 exactly; it is written as such rather than computed (libm's
-/// exp is slow on the underflow path, and half the scores of a prompt are masked).
+/// A masked entry's exponential is 0 exactly. The masked tail of a causal row (half the scores of
+/// a long prompt) is not computed at all; a masked entry before the last visible one is computed
+/// and replaced by 0, which keeps the loop free of branches.
 pub fn softmax_row(mut row: ArrayViewMut1<f32>) {
     match row.as_slice_mut() {
         Some(values) => softmax_slice(values),
