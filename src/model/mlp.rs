@@ -1,5 +1,6 @@
 //! GPT-2's feed-forward network: c_fc, gelu_new, c_proj.
 
+use multiversion::multiversion;
 use ndarray::ArrayView2;
 
 use super::conv1d::Conv1D;
@@ -17,9 +18,21 @@ impl Mlp {
     /// x [T, C] (ln_2 output) -> gelu [T, 4C] and output [T, C]
     pub fn forward(&self, x: ArrayView2<f32>) -> MlpOutput {
         let mut gelu = self.c_fc.forward(x); // [T, 4C]
-        kernels::for_each_row_block(gelu.view_mut(), |mut rows| rows.mapv_inplace(gelu_new));
+        kernels::for_each_row_block(gelu.view_mut(), |mut rows| match rows.as_slice_mut() {
+            Some(values) => gelu_in_place(values),
+            None => rows.mapv_inplace(gelu_new),
+        });
         let output = self.c_proj.forward(gelu.view()); // [T, C]
         MlpOutput { gelu, output }
+    }
+}
+
+/// [`gelu_new`] of every value, in place: 8 float32 lanes where the CPU has AVX2 (the same
+/// results bit for bit, as Rust never fuses a multiply and an add).
+#[multiversion(targets("x86_64+avx+avx2+fma"))]
+fn gelu_in_place(values: &mut [f32]) {
+    for v in values {
+        *v = gelu_new(*v);
     }
 }
 
