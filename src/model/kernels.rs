@@ -42,6 +42,8 @@ use std::sync::{Arc, RwLock};
 
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, ShapeBuilder, s};
 
+use super::pairwise;
+
 /// Products with fewer multiply-adds than this (attention's per-head ones for short prompts) stay
 /// on the calling thread: handing them to the pool would cost more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
@@ -156,6 +158,14 @@ fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, mut y: ArrayViewMut2<f32>, su
             return;
         }
     }
+    if let Summation::Pairwise { chunk } = summation
+        && w.len() <= PAIRWISE_KERNEL_MAX_WEIGHT
+    {
+        let w = w.as_standard_layout(); // [K, N] row-major: attention's kᵀ is copied, K·N floats for T·K·N multiply-adds
+        if let Some(w_rows) = w.as_slice() {
+            return pairwise::product(x, w_rows, w.ncols(), chunk, y);
+        }
+    }
     if x.nrows() <= WEIGHT_UNPACKED_MAX_TOKENS {
         let mut y_nt = Array2::<f32>::zeros((w.ncols(), x.nrows())); // [N, T]
         summation.gemm(x, w, y_nt.view_mut().reversed_axes()); // as [T, N], column-major
@@ -200,6 +210,10 @@ const K_CHUNK: usize = 128;
 /// [128, 256] block is 128 KB. GPT-2 small's c_fc at 128 tokens, one thread: 63-64 GFLOP/s against
 /// 57 with the chunks over the whole of y (one call: 67-69; same minute, medians of 24).
 const CHAINED_COLUMNS: usize = 256;
+
+/// The largest weight [K, N] (in floats) whose pairwise products go through [`pairwise`] rather
+/// than gemm: attention's per-head operands up to 1024 positions.
+const PAIRWISE_KERNEL_MAX_WEIGHT: usize = 1 << 16;
 
 /// The largest output [T, N] (in floats) summed pairwise: 8 partial outputs of 256 KB.
 const PAIRWISE_MAX_OUTPUT: usize = 1 << 16;
@@ -423,6 +437,22 @@ mod tests {
             }
         }
         set_threads(1);
+    }
+
+    #[test]
+    fn the_pairwise_kernel_sums_as_gemm_in_chunks_does_bit_for_bit() {
+        // attention's q·kᵀ and weights·v at GPT-2's D = 64; chunks of 2 (gemm's unfused path) and
+        // of 1; ragged shapes for every tail of rows, columns and chunks
+        for (t, k, n) in [(64, 64, 300), (64, 300, 64), (16, 10, 48), (16, 26, 48), (16, 2, 48), (17, 37, 50), (5, 13, 3)] {
+            let x = ramp(t, k, 0.05); // [T, K]
+            let w = ramp(k, n, 0.02); // [K, N]
+            let Summation::Pairwise { chunk } = Summation::for_shape(t, k, n) else { panic!("[{t}, {k}] · [{k}, {n}] is not pairwise") };
+            let mut through_gemm = Array2::<f32>::zeros((t, n));
+            Summation::Pairwise { chunk }.gemm(x.view(), w.view(), through_gemm.view_mut());
+            let mut kernel = Array2::<f32>::zeros((t, n));
+            pairwise::product(x.view(), w.as_slice().expect("standard layout"), n, chunk, kernel.view_mut());
+            assert_eq!(kernel, through_gemm, "[{t}, {k}] · [{k}, {n}]");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod layer_norm;
 pub mod mlp;
+mod pairwise;
 mod port;
 pub mod softmax;
 
