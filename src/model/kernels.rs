@@ -161,10 +161,7 @@ fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, mut y: ArrayViewMut2<f32>, su
     if let Summation::Pairwise { chunk } = summation
         && w.len() <= PAIRWISE_KERNEL_MAX_WEIGHT
     {
-        let w = w.as_standard_layout(); // [K, N] row-major: attention's kᵀ is copied, K·N floats for T·K·N multiply-adds
-        if let Some(w_rows) = w.as_slice() {
-            return pairwise::product(x, w_rows, w.ncols(), chunk, y);
-        }
+        return pairwise::product(x, w, chunk, y);
     }
     if x.nrows() <= WEIGHT_UNPACKED_MAX_TOKENS {
         let mut y_nt = Array2::<f32>::zeros((w.ncols(), x.nrows())); // [N, T]
@@ -450,7 +447,7 @@ mod tests {
             let mut through_gemm = Array2::<f32>::zeros((t, n));
             Summation::Pairwise { chunk }.gemm(x.view(), w.view(), through_gemm.view_mut());
             let mut kernel = Array2::<f32>::zeros((t, n));
-            pairwise::product(x.view(), w.as_slice().expect("standard layout"), n, chunk, kernel.view_mut());
+            pairwise::product(x.view(), w.view(), chunk, kernel.view_mut());
             assert_eq!(kernel, through_gemm, "[{t}, {k}] · [{k}, {n}]");
         }
     }
