@@ -2,7 +2,8 @@
 //! and attention's q·kᵀ and weights·v per head. They go through the `gemm` crate (the GEMM that
 //! candle uses; pure Rust, AVX2/FMA or AVX-512 picked at run time, no system library), except
 //! prompts of 2 to [`HAND_MAX_TOKENS`] tokens on AVX2 + FMA, where a hand-written kernel
-//! ([`avx2`]) is faster.
+//! ([`avx2`]) is faster, and the small products summed pairwise (attention's per head), which
+//! [`super::pairwise`] computes with the same floats as gemm would, faster.
 //!
 //! [`matmul`] takes any strides, so no operand is copied into another layout first: a Conv1D
 //! weight kept [out, in] is passed as its transposed view [in, out]. From 16 to 64 tokens the
