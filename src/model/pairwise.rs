@@ -3,8 +3,9 @@
 //!
 //! Each output element is summed exactly as [`super::kernels`]' pairwise summation sums it through
 //! gemm, so the results are the same bit for bit: K is cut into at most 8 chunks; each chunk's
-//! products are added from zero by fused multiply-adds, one after another; then the chunks' sums
-//! are added in pairs, pairs of pairs, and so on. Through gemm, that is one call per chunk, each
+//! products are added from zero by fused multiply-adds, one after another (a chunk of two by a
+//! multiply and an add, as gemm does there); then the chunks' sums are added in pairs, pairs of
+//! pairs, and so on. Through gemm, that is one call per chunk, each
 //! with a depth of K / 8 (8 for a head of 64 features), where gemm is slow, plus a temporary
 //! output per chunk. Here the chunks' sums of 4 x 16 outputs stay in registers, and w is read as
 //! panels of 16 columns, each copied once into a small contiguous buffer (so kᵀ, a transposed
