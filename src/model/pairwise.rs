@@ -5,11 +5,11 @@
 //! gemm, so the results are the same bit for bit: K is cut into at most 8 chunks; each chunk's
 //! products are added from zero by fused multiply-adds, one after another (a chunk of two by a
 //! multiply and an add, as gemm does there); then the chunks' sums are added in pairs, pairs of
-//! pairs, and so on. Through gemm, that is one call per chunk, each
-//! with a depth of K / 8 (8 for a head of 64 features), where gemm is slow, plus a temporary
-//! output per chunk. Here the chunks' sums of 4 x 16 outputs stay in registers, and w is read as
-//! panels of 16 columns, each copied once into a small contiguous buffer (so kᵀ, a transposed
-//! view of the keys, is never copied whole).
+//! pairs, and so on. Through gemm, that is one call per chunk, each with a depth of K / 8 (8 for a
+//! head of 64 features), where gemm is slow, plus a temporary output per chunk. Here the chunks'
+//! sums of 4 x 16 outputs stay in registers, and w is read as panels of 16 columns, each copied
+//! once into a small contiguous buffer (so kᵀ, a transposed view of the keys, is never copied
+//! whole).
 //!
 //! Measured on GPT-2 small's shape at 512 tokens, one thread, per forward pass (alternating runs,
 //! same minutes): the scores step (q·kᵀ and softmax) 377-409 ms against 496-509 through gemm; the
@@ -45,15 +45,15 @@ pub fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, mut y: Arra
     let mut panel = vec![[0.0f32; COLUMNS]; k]; // [K, 16]
     for (w_columns, mut y_columns) in w.axis_chunks_iter(Axis(1), COLUMNS).zip(y.axis_chunks_iter_mut(Axis(1), COLUMNS)) {
         // The panel [K, 16]: these columns of w, zeros past the last one (their sums are dropped).
+        let width = w_columns.ncols();
         for (c, column) in w_columns.columns().into_iter().enumerate() {
             for (row, &v) in panel.iter_mut().zip(column) {
                 row[c] = v;
             }
         }
         for row in &mut panel {
-            row[w_columns.ncols()..].fill(0.0);
+            row[width..].fill(0.0);
         }
-        let width = w_columns.ncols();
         panel_product(&x_rows, &panel, chunk.max(1), &mut |i, sums: &PanelRow| {
             y_columns.row_mut(i).assign(&ndarray::ArrayView1::from(&sums[..width]));
         });
