@@ -53,6 +53,7 @@ impl Venv {
 
     fn install(&self) -> Result<()> {
         let requirements = project_root().join("reference").join("requirements.txt");
+        ensure_disk_for_install(&self.dir)?;
         if !self.python().exists() {
             eprintln!("creating the Python environment {} with {}", self.dir.display(), base_python());
             let status =
@@ -77,7 +78,7 @@ impl Venv {
             .with_context(|| format!("cannot run pip in {}", self.dir.display()))?;
         if !status.success() {
             bail!(
-                "pip could not install {} into {} ({status}): is PyPI reachable? Offline, set VIRTUAL_ENV to an environment that has torch and transformers",
+                "pip could not install {} into {} ({status}): is PyPI reachable, and is the disk not full (see pip's last line)? Offline, set VIRTUAL_ENV to an environment that has torch and transformers",
                 requirements.display(),
                 self.dir.display()
             );
@@ -125,6 +126,58 @@ impl Venv {
         }
         Ok(module)
     }
+}
+
+/// What `pip install -r reference/requirements.txt` takes on disk, measured on Linux x86_64: the
+/// venv ends at 5.6 GB (torch's CUDA libraries 3.0 GB, torch 1.2 GB, triton 1.0 GB) and pip first
+/// downloads ~2.9 GB of wheels into the temporary directory. Checked before pip starts, so that a
+/// full disk is one line naming the directory instead of pip's error after minutes of download.
+const INSTALL_BYTES_VENV: u64 = 6 << 30;
+const INSTALL_BYTES_DOWNLOAD: u64 = 3 << 30;
+
+fn ensure_disk_for_install(venv: &Path) -> Result<()> {
+    let temp = std::env::temp_dir();
+    let (venv_fs, venv_free) = free_space(venv)?;
+    let (temp_fs, temp_free) = free_space(&temp)?;
+    let gb = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    let venv_needs = if venv_fs == temp_fs { INSTALL_BYTES_VENV + INSTALL_BYTES_DOWNLOAD } else { INSTALL_BYTES_VENV };
+    if venv_free < venv_needs {
+        bail!(
+            "installing torch and transformers into {} needs about {:.0} GB free there, and it has {:.1} GB: free some disk or set VIRTUAL_ENV to an environment that has them",
+            venv.display(),
+            gb(venv_needs),
+            gb(venv_free)
+        );
+    }
+    if venv_fs != temp_fs && temp_free < INSTALL_BYTES_DOWNLOAD {
+        bail!(
+            "pip downloads about {:.0} GB of wheels into {} (the temporary directory), and it has {:.1} GB free: free some disk or set TMPDIR elsewhere",
+            gb(INSTALL_BYTES_DOWNLOAD),
+            temp.display(),
+            gb(temp_free)
+        );
+    }
+    Ok(())
+}
+
+/// The file system (its device id) and the bytes free to an unprivileged user at `path`, or at its
+/// nearest existing ancestor when it does not exist yet.
+fn free_space(path: &Path) -> Result<(u64, u64)> {
+    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("{} holds a NUL byte", existing.display()))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c_path is NUL-terminated and stat is a valid out-pointer that statvfs fills on success.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        bail!("cannot read the free space of {}: {}", existing.display(), std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled stat.
+    let stat = unsafe { stat.assume_init() };
+    let device = std::os::unix::fs::MetadataExt::dev(&existing.metadata()?);
+    #[allow(clippy::unnecessary_cast)] // u64 on Linux x86_64, narrower on some other platforms
+    let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+    Ok((device, free))
 }
 
 /// One line for a Python exception, never a traceback: the message alone for the reference's own
