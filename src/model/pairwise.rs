@@ -8,13 +8,14 @@
 //! pairs, and so on. Through gemm, that is one call per chunk, each with a depth of K / 8 (8 for a
 //! head of 64 features), where gemm is slow, plus a temporary output per chunk. Here the chunks'
 //! sums of 4 x 16 outputs stay in registers, and w is read as panels of 16 columns, each copied
-//! once into a small contiguous buffer (so kᵀ, a transposed view of the keys, is never copied
-//! whole).
+//! once into a small contiguous buffer: row by row where w's rows are contiguous (v, and kᵀ, which
+//! attention copies once per head for a long prompt), else column by column (kᵀ as a view).
 //!
 //! Measured on GPT-2 small's shape at 512 tokens, one thread, per forward pass (alternating runs,
 //! same minutes): the scores step (q·kᵀ and softmax) 377-409 ms against 496-509 through gemm; the
-//! output step (weights·v and c_proj) 237-265 ms against 274-289. Reading w as panels measured the
-//! same as copying kᵀ whole first (scores 290-341 against 314-324 ms), without the copy.
+//! output step (weights·v and c_proj) 237-265 ms against 274-289. Copying kᵀ whole in every call
+//! measured the same as gathering its panels (scores 290-341 against 314-324 ms); once per head,
+//! for all its query blocks, it saves instructions (attention.rs, `KEYS_COPIED_FROM`).
 
 use multiversion::multiversion;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
@@ -46,9 +47,18 @@ pub fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, mut y: Arra
     for (w_columns, mut y_columns) in w.axis_chunks_iter(Axis(1), COLUMNS).zip(y.axis_chunks_iter_mut(Axis(1), COLUMNS)) {
         // The panel [K, 16]: these columns of w, zeros past the last one (their sums are dropped).
         let width = w_columns.ncols();
-        for (c, column) in w_columns.columns().into_iter().enumerate() {
-            for (row, &v) in panel.iter_mut().zip(column) {
-                row[c] = v;
+        if w_columns.row(0).as_slice().is_some() {
+            // rows of w contiguous (v, a copied kᵀ): each panel row is one slice copy. Attention's
+            // output step of GPT-2 small's shape at 512 tokens, one layer, one thread: 192 -> 164
+            // million instructions against gathering by columns (callgrind).
+            for (row, w_row) in panel.iter_mut().zip(w_columns.rows()) {
+                row[..width].copy_from_slice(w_row.as_slice().unwrap_or_default());
+            }
+        } else {
+            for (c, column) in w_columns.columns().into_iter().enumerate() {
+                for (row, &v) in panel.iter_mut().zip(column) {
+                    row[c] = v;
+                }
             }
         }
         for row in &mut panel {
