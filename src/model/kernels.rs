@@ -440,16 +440,20 @@ mod tests {
     #[test]
     fn the_pairwise_kernel_sums_as_gemm_in_chunks_does_bit_for_bit() {
         // attention's q·kᵀ and weights·v at GPT-2's D = 64; chunks of 2 (gemm's unfused path) and
-        // of 1; ragged shapes for every tail of rows, columns and chunks
+        // of 1; ragged shapes for every tail of rows, columns and chunks; w with contiguous rows
+        // (as v) and with contiguous columns (kᵀ as a view of the keys)
         for (t, k, n) in [(64, 64, 300), (64, 300, 64), (16, 10, 48), (16, 26, 48), (16, 2, 48), (17, 37, 50), (5, 13, 3)] {
             let x = ramp(t, k, 0.05); // [T, K]
             let w = ramp(k, n, 0.02); // [K, N]
+            let w_t = w.t().to_owned(); // [N, K]
             let Summation::Pairwise { chunk } = Summation::for_shape(t, k, n) else { panic!("[{t}, {k}] · [{k}, {n}] is not pairwise") };
             let mut through_gemm = Array2::<f32>::zeros((t, n));
             Summation::Pairwise { chunk }.gemm(x.view(), w.view(), through_gemm.view_mut());
-            let mut kernel = Array2::<f32>::zeros((t, n));
-            pairwise::product(x.view(), w.view(), chunk, kernel.view_mut());
-            assert_eq!(kernel, through_gemm, "[{t}, {k}] · [{k}, {n}]");
+            for (layout, w) in [("rows", w.view()), ("columns", w_t.t())] {
+                let mut kernel = Array2::<f32>::zeros((t, n));
+                pairwise::product(x.view(), w, chunk, kernel.view_mut());
+                assert_eq!(kernel, through_gemm, "[{t}, {k}] · [{k}, {n}], w by {layout}");
+            }
         }
     }
 
