@@ -35,7 +35,12 @@ fn softmax_slice(values: &mut [f32]) {
     let masked = |v: f32| v <= MASKED && f64::from(v) < max;
     let mut exps = vec![0.0f64; values.len()];
     // A causal row's masked entries are its tail: their exponentials are the zeros already there.
-    let visible = values.iter().rposition(|&v| !masked(v)).map_or(0, |last| last + 1);
+    // The tail is skipped 8 entries at a time (a test of 8 lanes at once), then one at a time.
+    let mut visible = values.len();
+    while visible >= 8 && values[visible - 8..visible].iter().fold(true, |all, &v| all & masked(v)) {
+        visible -= 8;
+    }
+    let visible = values[..visible].iter().rposition(|&v| !masked(v)).map_or(0, |last| last + 1);
     for (e, &v) in exps[..visible].iter_mut().zip(&values[..visible]) {
         let exp = exp_nonpositive(f64::from(v) - max);
         *e = if masked(v) { 0.0 } else { exp }; // computed either way: the loop stays branch-free
