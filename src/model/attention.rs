@@ -9,7 +9,7 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, CowArray, Ix2, s};
 use super::conv1d::Conv1D;
 use super::kernels;
 use super::kv_cache::LayerCache;
-use super::softmax::{MASKED, softmax_last_axis};
+use super::softmax::{MASKED, softmax_row};
 use crate::catalog::tap;
 use crate::error::Result;
 use crate::port::{AttnScores, Qkv};
@@ -62,15 +62,17 @@ impl Attention {
             let k_t = k.reversed_axes(); // [D, S], a view
             let k_t: CowArray<f32, Ix2> = if t >= KEYS_COPIED_FROM { k_t.as_standard_layout() } else { k_t.view().into() };
             for (rows, seen) in causal_blocks(t, past) {
-                let mut sc = kernels::matmul(q.slice(s![rows.clone(), ..]), k_t.slice(s![.., ..seen])); // [rows, seen] = q·kᵀ
-                sc *= self.scale;
-                for (i, mut row) in rows.clone().zip(sc.rows_mut()) {
+                let mut block = scores.slice_mut(s![rows.clone(), ..seen]); // [rows, seen]
+                kernels::matmul_into(q.slice(s![rows.clone(), ..]), k_t.slice(s![.., ..seen]), block.view_mut()); // q·kᵀ
+                block *= self.scale;
+                for (i, mut row) in rows.zip(block.rows_mut()) {
                     row.slice_mut(s![past + i + 1..]).fill(MASKED); // the future within the block
                 }
-                scores.slice_mut(s![rows, ..seen]).assign(&sc);
             }
-            weights.assign(&scores);
-            softmax_last_axis(&mut weights);
+            for (mut weights, scores) in weights.rows_mut().into_iter().zip(scores.rows()) {
+                weights.assign(&scores);
+                softmax_row(weights);
+            }
         });
         AttnScores { scores, weights }
     }

@@ -108,13 +108,20 @@ pub fn for_each_row_block(mut a: ArrayViewMut2<f32>, work: impl Fn(ArrayViewMut2
 
 /// x [T, K] · w [K, N] -> [T, N], for any strides of x and w.
 pub fn matmul(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
+    let mut y = Array2::<f32>::zeros((x.nrows(), w.ncols())); // [T, N]
+    matmul_into(x, w, y.view_mut());
+    y
+}
+
+/// y [T, N] = x [T, K] · w [K, N], for any strides of x, w and y: [`matmul`] into a part of a
+/// larger array (attention's scores, a block of query rows at a time).
+pub fn matmul_into(x: ArrayView2<f32>, w: ArrayView2<f32>, mut y: ArrayViewMut2<f32>) {
     let ((t, k), n) = (x.dim(), w.ncols());
-    assert_eq!(w.nrows(), k, "matmul: x is [{t}, {k}] but w has {} rows", w.nrows());
+    assert!(w.nrows() == k && y.dim() == (t, n), "matmul: x is [{t}, {k}], w {:?}, y {:?}", w.dim(), y.dim());
     let summation = Summation::for_shape(t, k, n);
-    let mut y = Array2::<f32>::zeros((t, n)); // [T, N]
     let pool = POOL.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     match pool.filter(|_| t * n * k >= PARALLEL_MIN_WORK) {
-        None => product(x, w, y.view_mut(), summation),
+        None => product(x, w, y, summation),
         Some(pool) => {
             let columns_per_part = n.div_ceil(pool.current_num_threads()).max(1);
             let parts = w.axis_chunks_iter(Axis(1), columns_per_part).zip(y.axis_chunks_iter_mut(Axis(1), columns_per_part));
@@ -125,7 +132,6 @@ pub fn matmul(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
             });
         }
     }
-    y
 }
 
 /// x [T, C] · wᵀ with w [N, C] -> [T, N]: a Conv1D weight as the loader keeps it, [out, in], or
