@@ -85,8 +85,8 @@ impl Attention {
         kernels::for_each_part(merged.axis_chunks_iter_mut(Axis(1), d).enumerate(), |(head, mut merged)| {
             let (weights, v) = (weights.index_axis(Axis(0), head), v.index_axis(Axis(0), head)); // [T, S], [S, D]
             for (rows, seen) in causal_blocks(t, s_len - t) {
-                let ctx = kernels::matmul(weights.slice(s![rows.clone(), ..seen]), v.slice(s![..seen, ..])); // [rows, D] = weights·v
-                merged.slice_mut(s![rows, ..]).assign(&ctx); // head's D columns of [T, C]
+                let ctx = merged.slice_mut(s![rows.clone(), ..]); // [rows, D]: the head's D columns of [T, C]
+                kernels::matmul_into(weights.slice(s![rows, ..seen]), v.slice(s![..seen, ..]), ctx); // weights·v
             }
         });
         self.c_proj.forward(merged.view()) // [T, C]
