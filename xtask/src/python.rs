@@ -209,3 +209,17 @@ fn save_traceback(py: Python<'_>, err: &PyErr) -> Option<PathBuf> {
 pub fn path_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_of_a_venv_not_yet_made_is_its_nearest_existing_folder() {
+        let dir = tempfile::tempdir().expect("scratch");
+        let (device, free) = free_space(dir.path()).expect("statvfs of a folder");
+        let not_yet = dir.path().join(".venv").join("lib");
+        assert_eq!(free_space(&not_yet).expect("statvfs of its ancestor").0, device);
+        assert!(free > 0, "{} reports no free space", dir.path().display());
+    }
+}
