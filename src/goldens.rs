@@ -35,7 +35,7 @@ pub struct Manifest {
     pub generation: GenerationInfo,
     pub environment: Environment,
     pub tensors: Vec<TensorEntry>,
-    /// HF's own error at a lower precision ("bf16", "f16"), by "<mode>/<checkpoint>.<tensor>"
+    /// HF's own error at a lower precision ("bf16", "f16"), by `"<mode>/<checkpoint>.<tensor>"`
     /// (`chained/07_block.output`): the worst over layers and steps, on the comparison's scale.
     /// A port judged with that precision profile is held to a multiple of these.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

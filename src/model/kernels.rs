@@ -2,19 +2,19 @@
 //! and attention's q·kᵀ and weights·v per head. They go through the `gemm` crate (the GEMM that
 //! candle uses; pure Rust, AVX2/FMA or AVX-512 picked at run time, no system library), except
 //! prompts of 2 to [`HAND_MAX_TOKENS`] tokens on AVX2 + FMA, where a hand-written kernel
-//! ([`avx2`]) is faster, and the small products summed pairwise (attention's per head), which
-//! [`super::pairwise`] computes with the same floats as gemm would, faster.
+//! (`avx2` below) is faster, and the small products summed pairwise (attention's per head), which
+//! `model/pairwise.rs` computes with the same floats as gemm would, faster.
 //!
 //! [`matmul`] takes any strides, so no operand is copied into another layout first: a Conv1D
 //! weight kept [out, in] is passed as its transposed view [in, out]. From 16 to 64 tokens the
 //! product is written into a column-major destination, so that gemm reads the weight in place
-//! instead of packing it ([`product`]).
+//! instead of packing it (`product` below).
 //!
 //! Threads: [`set_threads`] makes a pool; a product large enough splits its output columns (the
 //! weight's columns, N) into one block per thread, each computed on its own thread. Each thread
 //! packs and reads only its own part of the weight, so prefill scales with the cores and decode (a
 //! matrix-vector product, bound by memory bandwidth) with the bandwidth they get. How an element
-//! is summed is chosen from the whole product's shape ([`Summation`]), so the result does not
+//! is summed is chosen from the whole product's shape (`Summation` below), so the result does not
 //! depend on the thread count.
 //!
 //! Measured on this project's 2-core AMD EPYC (2.45 GHz, AVX2 + FMA; the machine was shared with
