@@ -43,8 +43,13 @@ impl Venv {
     }
 
     fn has_packages(&self) -> bool {
+        self.imports("torch, transformers, safetensors, numpy, yaml")
+    }
+
+    /// Whether the venv's Python can `import <modules>`.
+    fn imports(&self, modules: &str) -> bool {
         Command::new(self.python())
-            .args(["-c", "import torch, transformers, safetensors, numpy, yaml"])
+            .args(["-c", &format!("import {modules}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -53,7 +58,10 @@ impl Venv {
 
     fn install(&self) -> Result<()> {
         let requirements = project_root().join("reference").join("requirements.txt");
-        ensure_disk_for_install(&self.dir)?;
+        // torch is nearly all of the install: a venv that has it needs little more
+        if !self.imports("torch") {
+            ensure_disk_for_install(&self.dir)?;
+        }
         if !self.python().exists() {
             eprintln!("creating the Python environment {} with {}", self.dir.display(), base_python());
             let status =
@@ -164,20 +172,9 @@ fn ensure_disk_for_install(venv: &Path) -> Result<()> {
 /// nearest existing ancestor when it does not exist yet.
 fn free_space(path: &Path) -> Result<(u64, u64)> {
     let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    let c_path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
-        .with_context(|| format!("{} holds a NUL byte", existing.display()))?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: c_path is NUL-terminated and stat is a valid out-pointer that statvfs fills on success.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        bail!("cannot read the free space of {}: {}", existing.display(), std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it filled stat.
-    let stat = unsafe { stat.assume_init() };
-    let device = std::os::unix::fs::MetadataExt::dev(&existing.metadata()?);
-    #[allow(clippy::unnecessary_cast)] // u64 on Linux x86_64, narrower on some other platforms
-    let free = stat.f_bavail as u64 * stat.f_frsize as u64;
-    Ok((device, free))
+    let stat = rustix::fs::statvfs(existing).with_context(|| format!("cannot read the free space of {}", existing.display()))?;
+    let metadata = existing.metadata().with_context(|| format!("cannot read {}", existing.display()))?;
+    Ok((std::os::unix::fs::MetadataExt::dev(&metadata), stat.f_bavail * stat.f_frsize))
 }
 
 /// One line for a Python exception, never a traceback: the message alone for the reference's own
