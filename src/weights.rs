@@ -24,6 +24,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::conv1d::Conv1D;
+use crate::model::kernels;
 use crate::model::layer_norm::LayerNorm;
 
 /// Tensors a GPT-2 file may carry that the model does not read: the causal-mask buffers older
@@ -270,10 +271,11 @@ impl Weights {
 
     /// `name.weight` [n_in, n_out] and `name.bias` [n_out]. HF's Conv1D stores the weight [in, out]
     /// (the transpose of nn.Linear); this is the one place that reads that layout, and it hands
-    /// [`Conv1D`] the weight transposed to [out, in].
+    /// [`Conv1D`] the weight transposed to [out, in], its rows padded as the products read them
+    /// fastest ([`kernels::with_padded_rows`]).
     pub fn conv1d(&mut self, name: &str, n_in: usize, n_out: usize) -> Result<Conv1D> {
         let stored = self.matrix(&format!("{name}.weight"), n_in, n_out)?; // [in, out]
-        let weight = stored.reversed_axes().as_standard_layout().into_owned(); // [out, in]
+        let weight = kernels::with_padded_rows(stored.t()); // [out, in]
         Ok(Conv1D { weight, bias: self.vector(&format!("{name}.bias"), n_out)? })
     }
 

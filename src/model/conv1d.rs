@@ -2,15 +2,17 @@
 //!
 //! HF stores its weight [in, out], the transpose of `nn.Linear`. The loader
 //! ([`crate::weights::Weights::conv1d`], the one place that knows) transposes it to [out, in],
-//! the layout of `nn.Linear` and of wte (the lm_head); the product takes its transposed view, so
-//! nothing is copied. A port that forgets HF's layout fails checkpoint 02.
+//! the layout of `nn.Linear` and of wte (the lm_head), with a few floats of padding after each row
+//! (`kernels::with_padded_rows`); the product takes its transposed view, so nothing is copied per
+//! call. A port that forgets HF's layout fails checkpoint 02.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::kernels;
 
 pub struct Conv1D {
-    /// [out, in]: HF's stored [in, out] weight, transposed at load.
+    /// [out, in]: HF's stored [in, out] weight, transposed at load; its rows padded, so not
+    /// contiguous as a whole.
     pub weight: Array2<f32>,
     /// [out]
     pub bias: Array1<f32>,
