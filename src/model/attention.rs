@@ -9,7 +9,7 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, CowArray, Ix2, s};
 use super::conv1d::Conv1D;
 use super::kernels;
 use super::kv_cache::LayerCache;
-use super::softmax::{MASKED, softmax_row};
+use super::softmax::{MASKED, softmax_into};
 use crate::catalog::tap;
 use crate::error::Result;
 use crate::port::{AttnScores, Qkv};
@@ -69,9 +69,8 @@ impl Attention {
                     row.slice_mut(s![past + i + 1..]).fill(MASKED); // the future within the block
                 }
             }
-            for (mut weights, scores) in weights.rows_mut().into_iter().zip(scores.rows()) {
-                weights.assign(&scores);
-                softmax_row(weights);
+            for (weights, scores) in weights.rows_mut().into_iter().zip(scores.rows()) {
+                softmax_into(scores, weights);
             }
         });
         AttnScores { scores, weights }

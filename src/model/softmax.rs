@@ -16,21 +16,37 @@ pub const MASKED: f32 = f32::MIN;
 /// A masked entry's exponential is 0 exactly. The masked tail of a causal row (half the scores of
 /// a long prompt) is not computed at all; a masked entry before the last visible one is computed
 /// and replaced by 0, which keeps the loop free of branches.
-pub fn softmax_row(mut row: ArrayViewMut1<f32>) {
-    match row.as_slice_mut() {
-        Some(values) => softmax_slice(values),
+pub fn softmax_row(row: ArrayViewMut1<f32>) {
+    let scores = row.to_vec();
+    softmax_into(ArrayView1::from(&scores), row);
+}
+
+/// [`softmax_row`] of `scores`, written into `weights` (of the same length): attention's weights
+/// from its scores, without a copy of the scores first.
+pub fn softmax_into(scores: ArrayView1<f32>, mut weights: ArrayViewMut1<f32>) {
+    assert_eq!(scores.len(), weights.len(), "softmax_into: {} scores, {} weights", scores.len(), weights.len());
+    let scores_copy; // only if the scores are not contiguous
+    let scores = match scores.to_slice() {
+        Some(values) => values,
         None => {
-            let mut values = row.to_vec();
-            softmax_slice(&mut values);
-            row.assign(&ArrayView1::from(&values));
+            scores_copy = scores.to_vec();
+            &scores_copy
+        }
+    };
+    match weights.as_slice_mut() {
+        Some(values) => softmax_slice(scores, values),
+        None => {
+            let mut values = vec![0.0f32; scores.len()];
+            softmax_slice(scores, &mut values);
+            weights.assign(&ArrayView1::from(&values));
         }
     }
 }
 
-/// [`softmax_row`] on a slice, where its loops compile to vector instructions (4 float64 lanes
+/// [`softmax_into`] on slices, where its loops compile to vector instructions (4 float64 lanes
 /// where the CPU has AVX2; the same results bit for bit, as Rust never fuses a multiply and an add).
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
-fn softmax_slice(values: &mut [f32]) {
+fn softmax_slice(values: &[f32], weights: &mut [f32]) {
     let max = f64::from(values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
     let masked = |v: f32| v <= MASKED && f64::from(v) < max;
     let mut exps = vec![0.0f64; values.len()];
@@ -46,8 +62,8 @@ fn softmax_slice(values: &mut [f32]) {
         *e = if masked(v) { 0.0 } else { exp }; // computed either way: the loop stays branch-free
     }
     let inverse_sum = 1.0 / sum_in_lanes(&exps);
-    for (v, e) in values.iter_mut().zip(exps) {
-        *v = (e * inverse_sum) as f32;
+    for (w, e) in weights.iter_mut().zip(exps) {
+        *w = (e * inverse_sum) as f32;
     }
 }
 
