@@ -65,12 +65,15 @@ impl Attention {
                 let mut block = scores.slice_mut(s![rows.clone(), ..seen]); // [rows, seen]
                 kernels::matmul_into(q.slice(s![rows.clone(), ..]), k_t.slice(s![.., ..seen]), block.view_mut()); // q·kᵀ
                 block *= self.scale;
-                for (i, mut row) in rows.zip(block.rows_mut()) {
+                for (i, mut row) in rows.clone().zip(block.rows_mut()) {
                     row.slice_mut(s![past + i + 1..]).fill(MASKED); // the future within the block
                 }
-            }
-            for (weights, scores) in weights.rows_mut().into_iter().zip(scores.rows()) {
-                softmax_into(scores, weights);
+                // The block's softmax while its scores are still in cache.
+                for (weights, scores) in
+                    weights.slice_mut(s![rows.clone(), ..]).rows_mut().into_iter().zip(scores.slice(s![rows, ..]).rows())
+                {
+                    softmax_into(scores, weights); // [S] -> [S]
+                }
             }
         });
         AttnScores { scores, weights }
