@@ -23,7 +23,14 @@ impl Conv1D {
     pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
         let mut y = kernels::x_wt(x, self.weight.view()); // [T, out]
         let bias = self.bias.view().insert_axis(Axis(0)); // [1, out]
-        kernels::for_each_row_block(y.view_mut(), |mut rows| rows += &bias);
+        kernels::for_each_row_block(y.view_mut(), |mut rows| match (rows.as_slice_mut(), self.bias.as_slice()) {
+            // Row by row over slices: `rows += &bias` broadcasts through an ndarray Zip, which the
+            // dev profile (what `cargo xtask validate/bench` run) compiles to a call per element.
+            (Some(rows), Some(bias)) => {
+                rows.chunks_exact_mut(bias.len()).for_each(|row| row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b))
+            }
+            _ => rows += &bias,
+        });
         y
     }
 }

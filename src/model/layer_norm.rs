@@ -1,7 +1,7 @@
 //! LayerNorm as torch defines it: biased variance (divide by C, not C - 1), eps inside the root;
 //! mean and variance accumulated in float64.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::kernels;
 
@@ -25,9 +25,15 @@ impl LayerNorm {
                 let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
                 let variance = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n; // biased
                 let inv_std = 1.0 / (variance + f64::from(self.eps)).sqrt();
-                Zip::from(&mut row).and(&self.weight).and(&self.bias).for_each(|v, &w, &b| {
-                    *v = (((f64::from(*v) - mean) * inv_std) as f32) * w + b;
-                });
+                let normalize = |v: &mut f32, (&w, &b): (&f32, &f32)| *v = (((f64::from(*v) - mean) * inv_std) as f32) * w + b;
+                match (row.as_slice_mut(), self.weight.as_slice(), self.bias.as_slice()) {
+                    // Over slices: an ndarray Zip of the three compiles to a call per element in
+                    // the dev profile (what `cargo xtask validate/bench` run).
+                    (Some(row), Some(weight), Some(bias)) => {
+                        row.iter_mut().zip(weight.iter().zip(bias)).for_each(|(v, wb)| normalize(v, wb))
+                    }
+                    _ => row.iter_mut().zip(self.weight.iter().zip(&self.bias)).for_each(|(v, wb)| normalize(v, wb)),
+                }
             }
         });
         y
