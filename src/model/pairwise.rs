@@ -18,7 +18,7 @@
 //! for all its query blocks, it saves instructions (attention.rs, `KEYS_COPIED_FROM`).
 
 use multiversion::multiversion;
-use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, s};
 
 /// Rows and columns of the output computed together: 4 x 16 sums, 8 AVX registers.
 const ROWS: usize = 4;
@@ -44,7 +44,11 @@ pub fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, mut y: Arra
         }
     };
     let mut panel = vec![[0.0f32; COLUMNS]; k]; // [K, 16]
-    for (w_columns, mut y_columns) in w.axis_chunks_iter(Axis(1), COLUMNS).zip(y.axis_chunks_iter_mut(Axis(1), COLUMNS)) {
+    // y's rows, each made a view once: a row of sums is then one slice copy where y's rows are
+    // contiguous (attention's), rather than a new view and an ndarray assign per row and panel.
+    // Attention at 512 tokens, one layer, one thread: 355 -> 336 million instructions (callgrind).
+    let mut y_rows: Vec<ArrayViewMut1<f32>> = y.rows_mut().into_iter().collect(); // T rows [N]
+    for (first, w_columns) in (0..n).step_by(COLUMNS).zip(w.axis_chunks_iter(Axis(1), COLUMNS)) {
         // The panel [K, 16]: these columns of w, zeros past the last one (their sums are dropped).
         let width = w_columns.ncols();
         if w_columns.row(0).as_slice().is_some() {
@@ -64,8 +68,10 @@ pub fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, mut y: Arra
         for row in &mut panel {
             row[width..].fill(0.0);
         }
-        panel_product(&x_rows, &panel, chunk.max(1), &mut |i, sums: &PanelRow| {
-            y_columns.row_mut(i).assign(&ndarray::ArrayView1::from(&sums[..width]));
+        let columns = first..first + width;
+        panel_product(&x_rows, &panel, chunk.max(1), &mut |i, sums: &PanelRow| match y_rows[i].as_slice_mut() {
+            Some(row) => row[columns.clone()].copy_from_slice(&sums[..width]),
+            None => y_rows[i].slice_mut(s![columns.clone()]).assign(&ArrayView1::from(&sums[..width])),
         });
     }
 }
@@ -96,10 +102,12 @@ fn tile<const R: usize>(x: [&[f32]; R], panel: &[PanelRow], chunk: usize) -> [Pa
         let end = (c + chunk).min(k);
         // gemm sums a product of depth 2 with a separate multiply and add (gemm_common's gevv).
         let fused = end - c != 2;
-        for kk in c..end {
-            let w_row = &panel[kk];
-            for (acc_row, x_row) in acc.iter_mut().zip(&x) {
-                let a = x_row[kk];
+        // This chunk of each row of x and of the panel, of one length: the loop below then checks
+        // one bound per step, not one per row of x (attention as above: 336 -> 317 million).
+        let (x_chunk, panel_chunk) = (x.map(|x_row| &x_row[c..end]), &panel[c..end]);
+        for (j, w_row) in panel_chunk.iter().enumerate() {
+            for (acc_row, x_row) in acc.iter_mut().zip(&x_chunk) {
+                let a = x_row[j];
                 for (s, &b) in acc_row.iter_mut().zip(w_row) {
                     *s = if fused { a.mul_add(b, *s) } else { a * b + *s };
                 }
