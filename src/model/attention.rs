@@ -56,6 +56,7 @@ impl Attention {
         let mut weights = Array3::<f32>::zeros((h, t, s_len)); // [H, T, S]
         let heads = scores.axis_iter_mut(Axis(0)).zip(weights.axis_iter_mut(Axis(0))).enumerate();
         kernels::for_each_part(heads, |(head, (mut scores, mut weights))| {
+            let mut exps = Vec::with_capacity(s_len); // [S]: each row's exponentials, one row at a time
             let (q, k) = (q.index_axis(Axis(0), head), k.index_axis(Axis(0), head)); // [T, D], [S, D]
             // kᵀ copied once when several blocks read it, so that each reads rows of it (see
             // KEYS_COPIED_FROM); else a view.
@@ -72,7 +73,7 @@ impl Attention {
                 for (weights, scores) in
                     weights.slice_mut(s![rows.clone(), ..]).rows_mut().into_iter().zip(scores.slice(s![rows, ..]).rows())
                 {
-                    softmax_into(scores, weights); // [S] -> [S]
+                    softmax_into(scores, weights, &mut exps); // [S] -> [S]
                 }
             }
         });
