@@ -115,7 +115,8 @@ fn tile<const R: usize>(x: [&[f32]; R], panel: &[PanelRow], chunk: usize) -> [Pa
         // gemm sums a product of depth 2 with a separate multiply and add (gemm_common's gevv).
         let fused = end - c != 2;
         // This chunk of each row of x and of the panel, of one length: the loop below then checks
-        // one bound per step, not one per row of x (attention as above: 336 -> 317 million).
+        // one bound per step, not one per row of x (attention at 512 tokens, one layer, one
+        // thread: 336 -> 317 million instructions, callgrind).
         let mut x_chunk = x;
         for x_row in &mut x_chunk {
             *x_row = &x_row[c..end];
