@@ -65,11 +65,13 @@ fn softmax_slice(values: &[f32], weights: &mut [f32], exps: &mut Vec<f64>) {
     // The tail is below every visible entry, so this is the row's max.
     let max = f64::from(values[..visible].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
     let masked = |v: f32| v <= MASKED && f64::from(v) < max;
-    exps.clear();
-    exps.extend(values[..visible].iter().map(|&v| {
+    // Written through a zip of slices, not `extend` with a closure: that form compiled to one
+    // scalar exponential per call.
+    exps.resize(visible, 0.0);
+    for (e, &v) in exps.iter_mut().zip(&values[..visible]) {
         let exp = exp_nonpositive(f64::from(v) - max);
-        if masked(v) { 0.0 } else { exp } // computed either way: the loop stays branch-free
-    }));
+        *e = if masked(v) { 0.0 } else { exp }; // computed either way: the loop stays branch-free
+    }
     let inverse_sum = 1.0 / sum_in_lanes(exps, values.len());
     for (w, &e) in weights.iter_mut().zip(exps.iter()) {
         *w = (e * inverse_sum) as f32;
