@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, CowArray, Ix2, s};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, CowArray, Dim, Ix2, s};
 
 use super::conv1d::Conv1D;
 use super::kernels;
@@ -37,9 +37,9 @@ impl Attention {
         let split = |part: usize| -> Array3<f32> {
             let block = qkv.slice(s![.., part * c..(part + 1) * c]); // [T, C]
             let mut split = Array3::<f32>::zeros((h, t, d)); // [H, T, D]
-            for (head, mut rows) in split.outer_iter_mut().enumerate() {
+            kernels::for_each_part(split.outer_iter_mut().enumerate(), |(head, mut rows)| {
                 rows.assign(&block.slice(s![.., head * d..(head + 1) * d])); // [T, D]
-            }
+            });
             split
         };
         Qkv { q: split(0), k: split(1), v: split(2) }
@@ -52,8 +52,8 @@ impl Attention {
         let (h, t, _) = q.dim();
         let s_len = k.shape()[1];
         let past = s_len - t;
-        let mut scores = Array3::<f32>::from_elem((h, t, s_len), MASKED); // [H, T, S]: the future is masked
-        let mut weights = Array3::<f32>::zeros((h, t, s_len)); // [H, T, S]
+        let mut scores = kernels::filled(Dim([h, t, s_len]), MASKED); // [H, T, S]: the future is masked
+        let mut weights = kernels::filled(Dim([h, t, s_len]), 0.0); // [H, T, S]
         let heads = scores.axis_iter_mut(Axis(0)).zip(weights.axis_iter_mut(Axis(0))).enumerate();
         kernels::for_each_part(heads, |(head, (mut scores, mut weights))| {
             let mut exps = Vec::with_capacity(s_len); // [S]: each row's exponentials, one row at a time
