@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, CowArray, Dim, Ix2, s};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, CowArray, Ix2, s};
 
 use super::conv1d::Conv1D;
 use super::kernels;
@@ -36,7 +36,7 @@ impl Attention {
         // feature: gather it as a contiguous [H, T, D].
         let split = |part: usize| -> Array3<f32> {
             let block = qkv.slice(s![.., part * c..(part + 1) * c]); // [T, C]
-            let mut split = Array3::<f32>::zeros((h, t, d)); // [H, T, D]
+            let mut split = kernels::filled((h, t, d), 0.0); // [H, T, D]
             kernels::for_each_part(split.outer_iter_mut().enumerate(), |(head, mut rows)| {
                 rows.assign(&block.slice(s![.., head * d..(head + 1) * d])); // [T, D]
             });
@@ -52,8 +52,8 @@ impl Attention {
         let (h, t, _) = q.dim();
         let s_len = k.shape()[1];
         let past = s_len - t;
-        let mut scores = kernels::filled(Dim([h, t, s_len]), MASKED); // [H, T, S]: the future is masked
-        let mut weights = kernels::filled(Dim([h, t, s_len]), 0.0); // [H, T, S]
+        let mut scores = kernels::filled((h, t, s_len), MASKED); // [H, T, S]: the future is masked
+        let mut weights = kernels::filled((h, t, s_len), 0.0); // [H, T, S]
         let heads = scores.axis_iter_mut(Axis(0)).zip(weights.axis_iter_mut(Axis(0))).enumerate();
         kernels::for_each_part(heads, |(head, (mut scores, mut weights))| {
             let mut exps = Vec::with_capacity(s_len); // [S]: each row's exponentials, one row at a time
@@ -84,7 +84,7 @@ impl Attention {
     pub fn output(&self, weights: ArrayView3<f32>, v: ArrayView3<f32>) -> Array2<f32> {
         let (h, t, s_len) = weights.dim();
         let d = v.shape()[2];
-        let mut merged = Array2::<f32>::zeros((t, h * d)); // [T, C]
+        let mut merged = kernels::filled((t, h * d), 0.0); // [T, C]
         kernels::for_each_part(merged.axis_chunks_iter_mut(Axis(1), d).enumerate(), |(head, mut merged)| {
             let (weights, v) = (weights.index_axis(Axis(0), head), v.index_axis(Axis(0), head)); // [T, S], [S, D]
             for (rows, seen) in causal_blocks(t, s_len - t) {

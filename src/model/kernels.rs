@@ -41,7 +41,7 @@
 use std::ops::Range;
 use std::sync::{Arc, RwLock};
 
-use ndarray::{Array, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Dimension, ShapeBuilder, s};
+use ndarray::{Array, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Dimension, IntoDimension, ShapeBuilder, s};
 use rayon::iter::ParallelExtend;
 
 use super::pairwise;
@@ -111,13 +111,19 @@ pub fn for_each_row_block(mut a: ArrayViewMut2<f32>, work: impl Fn(ArrayViewMut2
 }
 
 /// An array of `shape` with `value` everywhere, written by the pool's threads when there is one
-/// and the array is large: attention's [H, T, S] scores and weights (12.6 MB each at 512 tokens),
-/// which one thread would otherwise fill while the others wait. With this and the q/k/v split into
-/// heads on the pool (`Attention::qkv`), GPT-2 small's shape at 512 tokens, two threads: the
-/// calling thread's share of perf's samples 3.7% -> 2.1% (the rest is the pool's); whole passes,
-/// old and new code taking turns in one process, 30 pairs: new / old median 0.95, twice (old / old:
-/// 0.99). The same floats.
-pub fn filled<D: Dimension>(shape: D, value: f32) -> Array<f32, D> {
+/// and the array is large: attention's [H, T, S] scores and weights (12.6 MB each at 512 tokens)
+/// and the zeroed outputs a prompt's steps then fill (the products', q/k/v's heads, the merged
+/// heads), which one thread would otherwise write while the others wait.
+///
+/// GPT-2 small's shape at 512 tokens, two threads (the same floats):
+/// - the calling thread's share of perf's samples (the rest is the pool's): 3.7% with every array
+///   filled on it; 2.1% with the scores and weights filled here and q/k/v's split into heads on the
+///   pool ([`super::attention::Attention::qkv`]); 0.9-1.1% with the zeroed outputs filled here too;
+/// - whole passes, the first two variants taking turns in one process, 30 pairs: a median of 0.95
+///   of the first, twice (the first against itself: 0.99). The third step is below the noise of
+///   such pairs (0.97 and 1.00, against itself 0.98).
+pub fn filled<D: Dimension>(shape: impl IntoDimension<Dim = D>, value: f32) -> Array<f32, D> {
+    let shape = shape.into_dimension();
     let len = shape.size();
     match pool().filter(|_| len >= PARALLEL_MIN_ELEMENTS) {
         None => Array::from_elem(shape, value),
@@ -131,7 +137,7 @@ pub fn filled<D: Dimension>(shape: D, value: f32) -> Array<f32, D> {
 
 /// x [T, K] · w [K, N] -> [T, N], for any strides of x and w.
 pub fn matmul(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
-    let mut y = Array2::<f32>::zeros((x.nrows(), w.ncols())); // [T, N]
+    let mut y = filled((x.nrows(), w.ncols()), 0.0); // [T, N]
     matmul_into(x, w, y.view_mut());
     y
 }
@@ -537,7 +543,7 @@ mod tests {
             set_threads(threads);
             // below and above the size handed to the pool
             for shape in [[2, 3, 5], [12, 64, 65]] {
-                assert_eq!(filled(ndarray::Dim(shape), -7.5), Array::from_elem(shape, -7.5f32), "{threads} threads, {shape:?}");
+                assert_eq!(filled(shape, -7.5), Array::from_elem(shape, -7.5f32), "{threads} threads, {shape:?}");
             }
         }
         set_threads(1);
