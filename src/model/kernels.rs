@@ -10,6 +10,15 @@
 //! product is written into a column-major destination, so that gemm reads the weight in place
 //! instead of packing it (`product` below).
 //!
+//! gemm's AVX-512 kernels need its `x86-v4` feature (Cargo.toml); without it gemm stopped at AVX2
+//! on AVX-512 CPUs. On an Intel Xeon of this project's kind (2 cores, AVX-512), whole passes of
+//! GPT-2 small's shape, the two builds taking turns (medians of 3, three turns each): 128 tokens
+//! 477-757 -> 373-458 ms at 1 thread, 324-335 -> 191-224 at 2; 512 tokens 1827-3000 -> 1266-1897
+//! and 1154-1635 -> 743-886. A prompt's hidden states are the same floats: each output element
+//! is still summed in one lane, in order, a K chunk at a time. The matrix-vector products of
+//! decode (T = 1, gemm's own path) sum in 16-wide lanes there instead of 8: other floats, of the
+//! same accuracy (CHECKPOINTS.md, "The reference's headroom").
+//!
 //! Threads: [`set_threads`] makes a pool; a product large enough splits its output columns (the
 //! weight's columns, N) into one block per thread, each computed on its own thread. Each thread
 //! packs and reads only its own part of the weight, so prefill scales with the cores and decode (a
