@@ -3,7 +3,8 @@
 //! The model calls [`TapSink::tap`] with a view of the tensor it already holds; a sink that keeps it
 //! copies it ([`TapRecorder`]), and [`NoTaps`] ignores it, so an untapped forward pass copies
 //! nothing. A sink says which tensors it keeps ([`TapSink::wants`]; [`NoTaps`]: none), so that a
-//! forward pass need not build one only to be tapped. Tensors are single-sequence (the batch axis of the goldens is left out).
+//! forward pass need not build one only to be tapped. Tensors are single-sequence (the batch axis
+//! of the goldens is left out).
 
 use std::collections::BTreeMap;
 
