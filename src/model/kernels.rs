@@ -523,9 +523,14 @@ mod tests {
             let mut through_gemm = Array2::<f32>::zeros((t, n));
             Summation::Pairwise { chunk }.gemm(x.view(), w.view(), through_gemm.view_mut());
             for (layout, w) in [("rows", w.view()), ("columns", w_t.t())] {
-                let mut kernel = Array2::<f32>::zeros((t, n));
-                pairwise::product(x.view(), w, chunk, kernel.view_mut());
-                assert_eq!(kernel, through_gemm, "[{t}, {k}] · [{k}, {n}], w by {layout}");
+                for (width, product) in [
+                    (16, pairwise::product_16 as fn(ArrayView2<f32>, ArrayView2<f32>, usize, ArrayViewMut2<f32>)),
+                    (32, pairwise::product_32),
+                ] {
+                    let mut kernel = Array2::<f32>::zeros((t, n));
+                    product(x.view(), w, chunk, kernel.view_mut());
+                    assert_eq!(kernel, through_gemm, "[{t}, {k}] · [{k}, {n}], w by {layout}, panels of {width}");
+                }
             }
         }
     }

@@ -7,9 +7,10 @@
 //! multiply and an add, as gemm does there); then the chunks' sums are added in pairs, pairs of
 //! pairs, and so on. Through gemm, that is one call per chunk, each with a depth of K / 8 (8 for a
 //! head of 64 features), where gemm is slow, plus a temporary output per chunk. Here the chunks'
-//! sums of 4 x 16 outputs stay in registers, and w is read as panels of 16 columns, each copied
-//! once into a small contiguous buffer: row by row where w's rows are contiguous (v, and kᵀ, which
-//! attention copies once per head for a long prompt), else column by column (kᵀ as a view).
+//! sums of 4 x 16 outputs (4 x 32 with AVX-512) stay in registers, and w is read as panels of 16
+//! (32) columns, each copied once into a small contiguous buffer: row by row where w's rows are
+//! contiguous (v, and kᵀ, which attention copies once per head for a long prompt), else column by
+//! column (kᵀ as a view).
 //!
 //! Measured on GPT-2 small's shape at 512 tokens, one thread, per forward pass (alternating runs,
 //! same minutes): the scores step (q·kᵀ and softmax) 377-409 ms against 496-509 through gemm; the
@@ -20,19 +21,50 @@
 use multiversion::multiversion;
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, s};
 
-/// Rows and columns of the output computed together: 4 x 16 sums, 8 AVX registers.
+/// Rows of the output computed together.
 const ROWS: usize = 4;
-const COLUMNS: usize = 16;
 
 /// The most chunks a sum is cut into.
 pub const MAX_CHUNKS: usize = 8;
 
-/// 16 columns of one row of w.
-type PanelRow = [f32; COLUMNS];
-
 /// y [T, N] = x [T, K] · w [K, N], any strides, with K cut into chunks of `chunk` (at most
-/// [`MAX_CHUNKS`] of them).
-pub fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, mut y: ArrayViewMut2<f32>) {
+/// [`MAX_CHUNKS`] of them): [`product_32`] where the CPU has AVX-512, else [`product_16`].
+pub fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, y: ArrayViewMut2<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return product_32(x, w, chunk, y);
+    }
+    product_16(x, w, chunk, y)
+}
+
+/// [`product`] in panels of 16 columns: a tile of 4 x 16 sums is 8 AVX registers.
+pub fn product_16(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, y: ArrayViewMut2<f32>) {
+    product_in_panels::<16>(x, w, chunk, y, panel_product_16)
+}
+
+/// [`product`] in panels of 32 columns: a tile of 4 x 32 sums is 8 AVX-512 registers, where 16
+/// columns would leave it 4 (too few to hide the latency of a multiply-add). Each column is summed
+/// as at 16, so the floats are the same. On an AVX-512 Xeon at 512 tokens, two threads, perf's
+/// samples of this kernel per sample of gemm's micro-kernel: 0.142-0.150 at 16 columns (built for
+/// AVX2 or for AVX-512 alike) -> 0.100-0.102 (two runs each); ROWS = 6 did not gain (0.117-0.124).
+pub fn product_32(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, y: ArrayViewMut2<f32>) {
+    product_in_panels::<32>(x, w, chunk, y, panel_product_32)
+}
+
+/// `COLUMNS` columns of one row of w.
+type PanelRow<const COLUMNS: usize> = [f32; COLUMNS];
+
+/// Every row of x [T, K] · panel [K, COLUMNS], handed to `store` row by row.
+type PanelProduct<const COLUMNS: usize> = fn(&[&[f32]], &[PanelRow<COLUMNS>], usize, &mut dyn FnMut(usize, &PanelRow<COLUMNS>));
+
+/// [`product`] with panels of `COLUMNS` columns, each multiplied by `panel_product`.
+fn product_in_panels<const COLUMNS: usize>(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    chunk: usize,
+    mut y: ArrayViewMut2<f32>,
+    panel_product: PanelProduct<COLUMNS>,
+) {
     let (k, n) = w.dim();
     assert!(x.ncols() == k && k.div_ceil(chunk.max(1)) <= MAX_CHUNKS, "pairwise::product: [{}, {}] · [{k}, {n}]", x.nrows(), x.ncols());
     let x_copy; // only if x's rows are not contiguous
@@ -43,13 +75,14 @@ pub fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, mut y: Arra
             x_copy.rows().into_iter().filter_map(|row| row.to_slice()).collect()
         }
     };
-    let mut panel = vec![[0.0f32; COLUMNS]; k]; // [K, 16]
+    let mut panel = vec![[0.0f32; COLUMNS]; k]; // [K, COLUMNS]
     // y's rows, each made a view once: a row of sums is then one slice copy where y's rows are
     // contiguous (attention's), rather than a new view and an ndarray assign per row and panel.
     // Attention at 512 tokens, one layer, one thread: 355 -> 336 million instructions (callgrind).
     let mut y_rows: Vec<ArrayViewMut1<f32>> = y.rows_mut().into_iter().collect(); // T rows [N]
     for (first, w_columns) in (0..n).step_by(COLUMNS).zip(w.axis_chunks_iter(Axis(1), COLUMNS)) {
-        // The panel [K, 16]: these columns of w, zeros past the last one (their sums are dropped).
+        // The panel [K, COLUMNS]: these columns of w, zeros past the last one (their sums are
+        // dropped).
         let width = w_columns.ncols();
         if w_columns.row(0).as_slice().is_some() {
             // rows of w contiguous (v, a copied kᵀ): each panel row is one slice copy. Attention's
@@ -69,8 +102,8 @@ pub fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, mut y: Arra
             row[width..].fill(0.0);
         }
         let columns = first..first + width;
-        panel_product(&x_rows, &panel, chunk.max(1), &mut |i, sums: &PanelRow| match y_rows[i].as_slice_mut() {
-            // A full panel's 16 floats as a copy of known size, which compiles to two moves, not a
+        panel_product(&x_rows, &panel, chunk.max(1), &mut |i, sums: &PanelRow<COLUMNS>| match y_rows[i].as_slice_mut() {
+            // A full panel's floats as a copy of known size, which compiles to a few moves, not a
             // call to memcpy.
             Some(row) if width == COLUMNS => row[columns.clone()].copy_from_slice(sums),
             Some(row) => row[columns.clone()].copy_from_slice(&sums[..width]),
@@ -79,22 +112,39 @@ pub fn product(x: ArrayView2<f32>, w: ArrayView2<f32>, chunk: usize, mut y: Arra
     }
 }
 
-/// Every row of x [T, K] · panel [K, 16], handed to `store` row by row.
+/// [`panel_product`] of 16-column panels, compiled for AVX2.
 #[multiversion(targets("x86_64+avx+avx2+fma"))]
-fn panel_product(x: &[&[f32]], panel: &[PanelRow], chunk: usize, store: &mut dyn FnMut(usize, &PanelRow)) {
+fn panel_product_16(x: &[&[f32]], panel: &[PanelRow<16>], chunk: usize, store: &mut dyn FnMut(usize, &PanelRow<16>)) {
+    panel_product(x, panel, chunk, store)
+}
+
+/// [`panel_product`] of 32-column panels, compiled for AVX-512.
+#[multiversion(targets("x86_64+avx+avx2+fma+avx512f+avx512bw+avx512cd+avx512dq+avx512vl"))]
+fn panel_product_32(x: &[&[f32]], panel: &[PanelRow<32>], chunk: usize, store: &mut dyn FnMut(usize, &PanelRow<32>)) {
+    panel_product(x, panel, chunk, store)
+}
+
+/// Every row of x [T, K] · panel [K, COLUMNS], handed to `store` row by row.
+#[inline(always)]
+fn panel_product<const COLUMNS: usize>(
+    x: &[&[f32]],
+    panel: &[PanelRow<COLUMNS>],
+    chunk: usize,
+    store: &mut dyn FnMut(usize, &PanelRow<COLUMNS>),
+) {
     // The chunks' sums of a tile, zeroed once here rather than per tile (a 2 KB memset call each
     // time): a tile writes the chunks it reads.
     let mut sums = [[[0.0f32; COLUMNS]; ROWS]; MAX_CHUNKS]; // [chunk][row][column]
     let mut sums_of_one_row = [[[0.0f32; COLUMNS]; 1]; MAX_CHUNKS];
     let full_rows = x.len() - x.len() % ROWS;
     for i in (0..full_rows).step_by(ROWS) {
-        let tile_sums = tile::<ROWS>(rows_of(&x[i..]), panel, chunk, &mut sums);
+        let tile_sums = tile::<ROWS, COLUMNS>(rows_of(&x[i..]), panel, chunk, &mut sums);
         for (r, row_sums) in tile_sums.iter().enumerate() {
             store(i + r, row_sums);
         }
     }
     for (i, &x_row) in x.iter().enumerate().skip(full_rows) {
-        store(i, &tile::<1>([x_row], panel, chunk, &mut sums_of_one_row)[0]);
+        store(i, &tile::<1, COLUMNS>([x_row], panel, chunk, &mut sums_of_one_row)[0]);
     }
 }
 
@@ -107,15 +157,15 @@ fn rows_of<'a, const R: usize>(x: &[&'a [f32]]) -> [&'a [f32]; R] {
     rows
 }
 
-/// R rows of x [R, K] · panel [K, 16], each sum taken in chunks then pairwise. `sums` holds the
+/// R rows of x [R, K] · panel [K, COLUMNS], each sum taken in chunks then pairwise. `sums` holds the
 /// chunks' sums [chunk][row][column]; what it held before is overwritten, never read.
 #[inline(always)]
-fn tile<'s, const R: usize>(
+fn tile<'s, const R: usize, const COLUMNS: usize>(
     x: [&[f32]; R],
-    panel: &[PanelRow],
+    panel: &[PanelRow<COLUMNS>],
     chunk: usize,
-    sums: &'s mut [[PanelRow; R]; MAX_CHUNKS],
-) -> &'s [PanelRow; R] {
+    sums: &'s mut [[PanelRow<COLUMNS>; R]; MAX_CHUNKS],
+) -> &'s [PanelRow<COLUMNS>; R] {
     let k = panel.len();
     let mut count = 0usize;
     for (c, sum) in (0..k).step_by(chunk).zip(sums.iter_mut()) {
