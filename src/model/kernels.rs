@@ -182,12 +182,18 @@ pub fn matmul_into(x: ArrayView2<f32>, w: ArrayView2<f32>, mut y: ArrayViewMut2<
 /// 71.1-71.3 -> 73.3-74.9; two threads 80.1-123.3 -> 90.5-131.7 and 80.3-103.3 -> 83.9-106.3. The
 /// products of K = 768 (rows 3 KB apart) measured the same either way.
 pub fn with_padded_rows(w: ArrayView2<f32>) -> Array2<f32> {
+    let mut padded = zeros_with_padded_rows(w.nrows(), w.ncols()); // [N, K], rows padded
+    padded.assign(&w);
+    padded
+}
+
+/// An array [rows, cols] of zeros whose rows start an odd number of 64-byte cache lines apart (a
+/// few floats of padding after each row), filled as [`filled`] fills.
+pub fn zeros_with_padded_rows(rows: usize, cols: usize) -> Array2<f32> {
     const FLOATS_PER_LINE: usize = 16;
-    let (n, k) = w.dim();
-    let stride = (k.div_ceil(FLOATS_PER_LINE) | 1) * FLOATS_PER_LINE; // an odd number of lines
-    let mut padded = Array2::<f32>::zeros((n, stride)); // [N, stride]
-    padded.slice_mut(s![.., ..k]).assign(&w);
-    padded.slice_collapse(s![.., ..k]); // [N, K], rows `stride` floats apart
+    let stride = (cols.div_ceil(FLOATS_PER_LINE) | 1) * FLOATS_PER_LINE; // an odd number of lines
+    let mut padded = filled((rows, stride), 0.0); // [rows, stride]
+    padded.slice_collapse(s![.., ..cols]); // [rows, cols], rows `stride` floats apart
     padded
 }
 
@@ -195,6 +201,22 @@ pub fn with_padded_rows(w: ArrayView2<f32>) -> Array2<f32> {
 /// wte [V, C] for the lm_head.
 pub fn x_wt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
     matmul(x, w.t())
+}
+
+/// [`x_wt`] for an output that the next product reads as its x (c_fc's, which mlp.c_proj reads):
+/// past [`WEIGHT_UNPACKED_MAX_TOKENS`] tokens, into rows that start an odd number of cache lines
+/// apart ([`zeros_with_padded_rows`]). gemm reads x's rows there in place, 6 at a time, and rows
+/// 12 KB apart (K = 3072) all fall in one set of the L1 cache, as the weight rows did when gemm
+/// packed them ([`with_padded_rows`]). mlp.c_proj's shape on the Xeon, both layouts of x taking
+/// turns (the same floats): through [`x_wt`] (medians of 31, three runs), 512 tokens 186.9, 186.0
+/// and 160.2 -> 197.5, 195.3 and 163.2 GFLOP/s at 2 threads, 97.0-128.2 against 97.4-128.9 at 1;
+/// 128 tokens +1-3% at 2 threads, 0-5% at 1. gemm's chained calls alone, one thread (four runs):
+/// 512 tokens 114.2-131.6 -> 134.1-135.7. K = 768 (rows 3 KB apart): unchanged.
+pub fn x_wt_for_next_product(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
+    let (t, n) = (x.nrows(), w.nrows());
+    let mut y = if t > WEIGHT_UNPACKED_MAX_TOKENS { zeros_with_padded_rows(t, n) } else { filled((t, n), 0.0) }; // [T, N]
+    matmul_into(x, w.t(), y.view_mut());
+    y
 }
 
 /// y [T, N] = x [T, K] · w [K, N] on the calling thread, by whichever kernel is faster for T.

@@ -17,10 +17,14 @@ pub struct Mlp {
 impl Mlp {
     /// x [T, C] (ln_2 output) -> gelu [T, 4C] and output [T, C]
     pub fn forward(&self, x: ArrayView2<f32>) -> MlpOutput {
-        let mut gelu = self.c_fc.forward(x); // [T, 4C]
-        kernels::for_each_row_block(gelu.view_mut(), |mut rows| match rows.as_slice_mut() {
-            Some(values) => gelu_in_place(values),
-            None => rows.mapv_inplace(gelu_new),
+        let mut gelu = self.c_fc.forward_for_next_product(x); // [T, 4C], rows padded for c_proj
+        kernels::for_each_row_block(gelu.view_mut(), |mut rows| {
+            for mut row in rows.rows_mut() {
+                match row.as_slice_mut() {
+                    Some(values) => gelu_in_place(values),
+                    None => row.mapv_inplace(gelu_new),
+                }
+            }
         });
         let output = self.c_proj.forward(gelu.view()); // [T, C]
         MlpOutput { gelu, output }
@@ -91,5 +95,29 @@ mod tests {
         assert_eq!(gelu_new(0.0), 0.0);
         assert_eq!(gelu_new(-100.0), 0.0);
         assert_eq!(gelu_new(100.0), 100.0);
+    }
+
+    #[test]
+    fn the_mlp_is_its_three_steps_for_any_prompt_length_and_thread_count() {
+        let values = |rows: usize, cols: usize, scale: f32| {
+            ndarray::Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 31 + j * 17) % 23) as f32 * scale - 0.25)
+        };
+        let conv1d = |inputs: usize, outputs: usize| Conv1D {
+            weight: kernels::with_padded_rows(values(outputs, inputs, 0.01).view()),
+            bias: ndarray::Array1::from_shape_fn(outputs, |j| j as f32 * 1e-3),
+        };
+        let mlp = Mlp { c_fc: conv1d(48, 192), c_proj: conv1d(192, 48) };
+        for threads in [1, 2] {
+            kernels::set_threads(threads);
+            // T: decode, the hand-written kernel, a column-major destination, then rows padded for c_proj
+            for t in [1, 5, 40, 64, 65, 130] {
+                let x = values(t, 48, 0.03); // [T, C]
+                let MlpOutput { gelu, output } = mlp.forward(x.view());
+                let step_by_step = mlp.c_fc.forward(x.view()).mapv(gelu_new); // [T, 4C]
+                assert_eq!(gelu, step_by_step, "{threads} threads, T={t}: gelu");
+                assert_eq!(output, mlp.c_proj.forward(step_by_step.view()), "{threads} threads, T={t}: output");
+            }
+        }
+        kernels::set_threads(1);
     }
 }
