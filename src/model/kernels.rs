@@ -204,7 +204,7 @@ pub fn x_wt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
 }
 
 /// [`x_wt`] for an output that the next product reads as its x (c_fc's, which mlp.c_proj reads):
-/// past [`WEIGHT_UNPACKED_MAX_TOKENS`] tokens, into rows that start an odd number of cache lines
+/// past `WEIGHT_UNPACKED_MAX_TOKENS` (64) tokens, into rows that start an odd number of cache lines
 /// apart ([`zeros_with_padded_rows`]). gemm reads x's rows there in place, 6 at a time, and rows
 /// 12 KB apart (K = 3072) all fall in one set of the L1 cache, as the weight rows did when gemm
 /// packed them ([`with_padded_rows`]). mlp.c_proj's shape on the Xeon, both layouts of x taking
