@@ -68,7 +68,11 @@ pub const HAND_MAX_TOKENS: usize = 15;
 
 /// Prompts of up to this many tokens are computed into a column-major destination ([`product`]):
 /// GPT-2 small's Conv1D products over 12 layers, one thread, 32 tokens: 125-160 ms against
-/// 175-230 ms (same hour, alternating runs); 128 tokens: no difference.
+/// 175-230 ms (same hour, alternating runs); 128 tokens: no difference. Checked again on the
+/// Xeon, whole passes at 2 threads, the binaries taking turns (medians of 7, two turns each): 16
+/// instead of 64, 64 tokens 102.0-112.0 -> 119.3-119.9 ms, 24 and 40 tokens within the noise;
+/// every prompt column-major, 128 tokens 181.0-191.9 -> 215.2-235.0 and 512 tokens 703.1-722.1 ->
+/// 851.6-874.5.
 const WEIGHT_UNPACKED_MAX_TOKENS: usize = 64;
 
 /// The pool the products run on; None: the calling thread alone.
