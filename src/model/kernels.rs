@@ -218,7 +218,10 @@ pub fn x_wt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
 /// 512 tokens 114.2-131.6 -> 134.1-135.7. K = 768 (rows 3 KB apart): unchanged.
 pub fn x_wt_for_next_product(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
     let (t, n) = (x.nrows(), w.nrows());
-    let mut y = if t > WEIGHT_UNPACKED_MAX_TOKENS { zeros_with_padded_rows(t, n) } else { filled((t, n), 0.0) }; // [T, N]
+    if t <= WEIGHT_UNPACKED_MAX_TOKENS {
+        return x_wt(x, w);
+    }
+    let mut y = zeros_with_padded_rows(t, n); // [T, N], rows padded
     matmul_into(x, w.t(), y.view_mut());
     y
 }
