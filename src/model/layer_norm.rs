@@ -1,10 +1,11 @@
 //! LayerNorm as torch defines it: biased variance (divide by C, not C - 1), eps inside the root;
-//! mean and variance accumulated in float64, in 8 interleaved partial sums.
+//! mean and variance accumulated in float64, in 8 interleaved partial sums (`lanes`).
 
 use multiversion::multiversion;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use super::kernels;
+use super::lanes::sum_in_lanes;
 
 pub struct LayerNorm {
     /// [C]
@@ -44,34 +45,12 @@ impl LayerNorm {
 #[multiversion(targets("x86_64+avx+avx2+fma+avx512f+avx512bw+avx512cd+avx512dq+avx512vl", "x86_64+avx+avx2+fma"))]
 fn normalize_row(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f64) {
     let n = row.len() as f64;
-    let mean = sum_in_lanes(row, |v| v) / n;
-    let variance = sum_in_lanes(row, |v| (v - mean).powi(2)) / n; // biased
+    let mean = sum_in_lanes(row, row.len(), f64::from) / n;
+    let variance = sum_in_lanes(row, row.len(), |v| (f64::from(v) - mean).powi(2)) / n; // biased
     let inv_std = 1.0 / (variance + eps).sqrt();
     for (v, (&w, &b)) in row.iter_mut().zip(weight.iter().zip(bias)) {
         *v = (((f64::from(*v) - mean) * inv_std) as f32) * w + b;
     }
-}
-
-/// The sum of `term(v)` over `values`, in float64, in 8 interleaved partial sums that vector
-/// instructions add side by side: summed one after another, each addition waited for the one
-/// before (~4 cycles), and LayerNorm's two sums were most of its time. Entry i goes to partial sum
-/// i % 8, the last len % 8 entries after them in order.
-///
-/// On the Xeon at 512 tokens, perf's samples of LayerNorm per sample of gemm's micro-kernel went
-/// from 0.033 to 0.008 at 1 thread and 0.029 to 0.010 at 2. The order moves a float64 sum in its
-/// last bits, and an output only where it lies that close to a float32 rounding boundary: the
-/// hashes of 8-, 40-, 128- and 512-token passes, `cargo xtask measure`'s table and `validate`'s on
-/// a 70-token prompt of GPT-2 small with real statistics are the same as with the sums in order.
-#[inline(always)]
-fn sum_in_lanes(values: &[f32], term: impl Fn(f64) -> f64) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let mut chunks = values.chunks_exact(8);
-    for chunk in &mut chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += term(f64::from(v));
-        }
-    }
-    lanes.iter().sum::<f64>() + chunks.remainder().iter().map(|&v| term(f64::from(v))).sum::<f64>()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod block;
 pub mod conv1d;
 pub mod kernels;
 pub mod kv_cache;
+mod lanes;
 pub mod layer_norm;
 pub mod mlp;
 mod pairwise;

@@ -6,6 +6,8 @@
 use multiversion::multiversion;
 use ndarray::{ArrayBase, ArrayView1, ArrayViewMut1, Axis, DataMut, Dimension, RemoveAxis};
 
+use super::lanes::sum_in_lanes;
+
 /// The value HF's eager attention leaves at masked positions: torch.finfo(torch.float32).min.
 pub const MASKED: f32 = f32::MIN;
 
@@ -75,7 +77,7 @@ fn softmax_slice(values: &[f32], weights: &mut [f32], exps: &mut Vec<f64>) {
         let exp = exp_nonpositive(f64::from(v) - max);
         *e = if masked(v) { 0.0 } else { exp }; // computed either way: the loop stays branch-free
     }
-    let inverse_sum = 1.0 / sum_in_lanes(exps, values.len());
+    let inverse_sum = 1.0 / sum_in_lanes(exps, values.len(), |e| e);
     for (w, &e) in weights.iter_mut().zip(exps.iter()) {
         *w = (e * inverse_sum) as f32;
     }
@@ -99,29 +101,6 @@ fn max_in_lanes(values: &[f32]) -> f32 {
         }
     }
     chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| larger(m, v))
-}
-
-/// The sum of `values` followed by zeros up to `len` entries, in 8 interleaved partial sums, which
-/// vector instructions add side by side (one running sum waits ~4 cycles per addition): entry i
-/// goes to partial sum i % 8, except the last len % 8 entries, added after them in order. The
-/// zeros change no partial sum, so a row's masked tail need not be summed. In float64 the order
-/// changes a float32 weight only when the result lies within 2^-29 of a rounding boundary, as does
-/// multiplying by the inverse of the sum instead of dividing (both measured: the same table as in
-/// order).
-#[inline(always)]
-fn sum_in_lanes(values: &[f64], len: usize) -> f64 {
-    let (in_lanes, after) = values.split_at(values.len().min(len - len % 8));
-    let mut lanes = [0.0f64; 8];
-    let mut chunks = in_lanes.chunks_exact(8);
-    for chunk in &mut chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += v;
-        }
-    }
-    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *lane += v;
-    }
-    lanes.iter().sum::<f64>() + after.iter().sum::<f64>()
 }
 
 /// e^x for x <= 0, in float64: x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^13
@@ -240,7 +219,11 @@ mod tests {
             for visible in 0..=len {
                 let mut with_zeros = row.clone();
                 with_zeros[visible..].fill(0.0);
-                assert_eq!(sum_in_lanes(&row[..visible], len).to_bits(), sum_of_whole_row(&with_zeros).to_bits(), "{visible} of {len}");
+                assert_eq!(
+                    sum_in_lanes(&row[..visible], len, |v| v).to_bits(),
+                    sum_of_whole_row(&with_zeros).to_bits(),
+                    "{visible} of {len}"
+                );
             }
         }
     }
